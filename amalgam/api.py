@@ -1,0 +1,173 @@
+"""``amalgamate``: teachers + data + method -> a trained, evaluated, saved student."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
+from amalgam.engine import TrainConfig, accuracy, evaluate_teachers, per_class_accuracy, student_predictions, train
+from amalgam.engine.trainer import EpochCallback
+from amalgam.errors import DataError, TeacherError
+from amalgam.methods import create_method
+from amalgam.students import Student, default_input_size
+from amalgam.teachers import LabelSpace, Teacher, load_teacher
+
+DEFAULT_STUDENT = "test_efficientnet"
+
+
+@dataclass
+class AmalgamationResult:
+    """What :func:`amalgamate` returns: the trained student, its metrics, and where the run was saved."""
+
+    student: Student
+    metrics: dict[str, Any]
+    label_space: LabelSpace
+    teachers: list[Teacher]
+    run_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The run's results as a plain-text table (what ``amalgam run`` prints)."""
+        return format_results(self.metrics)
+
+
+def data_label_map(data: ImageData, label_space: LabelSpace) -> list[int]:
+    """Union index of each of the data set's classes, -1 for classes no teacher knows."""
+    mapping = [label_space.index_of(name) for name in data.class_names]
+    if all(j is None for j in mapping):
+        raise DataError(
+            f"the data set {data.name!r} shares no class with the teachers: its classes are {data.class_names}, "
+            f"the teachers' are {list(label_space.class_names)}. Pass label_mapping to align the names."
+        )
+    return [-1 if j is None else j for j in mapping]
+
+
+def amalgamate(
+    teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
+    student: str | Student = DEFAULT_STUDENT,
+    data: str | ImageData = "digits",
+    method: str = "soft-targets",
+    *,
+    method_options: Mapping[str, Any] | None = None,
+    label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
+    labeled_fraction: float = 0.0,
+    student_input_size: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    mixed_precision: str = "no",
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> AmalgamationResult:
+    """Train one student that covers the union of the teachers' classes.
+
+    Args:
+        teachers: :class:`Teacher` objects, or sources for :func:`load_teacher` (Hub ids, folders).
+        student: a timm architecture name (built over the union classes), or a ready :class:`Student`.
+        data: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, an image folder, or :class:`ImageData`.
+            Its train split is the transfer set; its labels are used only for ``labeled_fraction`` of it.
+        method: a registered method name (``amalgam.methods.available_methods()``).
+        method_options: the method's keyword options (checked before training starts).
+        label_mapping: renames/merges teacher classes, see :meth:`LabelSpace.union`.
+        labeled_fraction: stratified fraction of the transfer set whose labels the method may use.
+        run_dir: where to save ``student/``, ``metrics.json`` and ``run.json`` (nothing saved if ``None``).
+
+    Example:
+        >>> from amalgam.zoo import build_demo_zoo
+        >>> result = amalgamate(build_demo_zoo(), data="digits", epochs=1, progress=False)  # doctest: +SKIP
+        >>> result.metrics["student"]["accuracy"] > 0.1  # doctest: +SKIP
+        True
+    """
+    started = time.perf_counter()
+    if not teachers:
+        raise TeacherError("amalgamate needs at least one teacher")
+    teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, mixed_precision=mixed_precision)
+    data = load_data(data)
+    label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
+    label_map = data_label_map(data, label_space)
+    method_module = create_method(method, label_space, teachers, dict(method_options or {}))
+    if isinstance(student, str):
+        student = Student(
+            student,
+            class_names=label_space.class_names,
+            input_size=student_input_size or default_input_size(data.size),
+            channels=data.channels,
+        )
+    elif list(student.class_names) != list(label_space.class_names):
+        raise TeacherError(
+            f"the student's classes {student.class_names} differ from the teachers' union "
+            f"{list(label_space.class_names)}"
+        )
+
+    visible = stratified_indices(data.train_labels, labeled_fraction, seed)
+    transfer = RelabeledImages(data.train, label_map, visible=visible)
+    test = RelabeledImages(data.test, label_map)
+    run_path = Path(run_dir) if run_dir is not None else None
+    description = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "teachers": [t.describe() for t in teachers],
+        "label_space": {"classes": list(label_space.class_names), "overlaps": label_space.overlaps()},
+        "data": {"name": data.name, "transfer_samples": len(transfer), "labeled_samples": int(visible.size),
+                 "labeled_fraction": labeled_fraction, "test_samples": len(test)},
+        "method": {"name": method, "options": dict(method_options or {})},
+        "student": {"architecture": student.architecture, "parameters": student.num_parameters,
+                    "input": student.input_spec.to_dict()},
+        "train": config.to_dict(),
+    }
+    if run_path is not None:  # written first, so a crashed run still says what it was
+        run_path.mkdir(parents=True, exist_ok=True)
+        (run_path / "run.json").write_text(json.dumps(description, indent=2))
+
+    history = train(
+        student, method_module, teachers, transfer, config,
+        evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,
+    )
+    predictions, targets = student_predictions(student, test)
+    metrics = {
+        "student": {
+            "architecture": student.architecture,
+            "parameters": student.num_parameters,
+            "accuracy": float((predictions == targets).float().mean()),
+            "per_class": per_class_accuracy(predictions, targets, label_space.class_names),
+        },
+        **evaluate_teachers(teachers, label_space, test),
+        "test_samples": int(targets.numel()),
+        "excluded_test_samples": int(sum(1 for y in data.test_labels if label_map[int(y)] < 0)),
+        "method": method,
+        "data": data.name,
+        "labeled_samples": int(visible.size),
+        "history": history,
+        "seconds": time.perf_counter() - started,
+    }
+    if run_path is not None:
+        student.save_pretrained(run_path / "student")
+        (run_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return AmalgamationResult(student, metrics, label_space, teachers, run_path, history)
+
+
+def format_results(metrics: Mapping[str, Any]) -> str:
+    """A fixed-width table: each teacher on its own classes, the teachers together, the student."""
+    rows = [("model", "evaluated on", "accuracy")]
+    for name, result in metrics["teachers"].items():
+        rows.append((f"teacher {name}", f"its own classes ({result['test_samples']} images)",
+                     f"{result['accuracy_on_own_classes']:.4f}"))
+    union = f"all union classes ({metrics['test_samples']} images)"
+    rows.append(("teachers together (mean)", union, f"{metrics['ensemble']['accuracy']:.4f}"))
+    rows.append(("teacher oracle (reference)", union, f"{metrics['oracle']['accuracy']:.4f}"))
+    student = metrics["student"]
+    rows.append((f"student {student['architecture']}", union, f"{student['accuracy']:.4f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

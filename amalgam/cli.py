@@ -1,0 +1,120 @@
+"""The ``amalgam`` command line: ``amalgam run [RECIPE]``, ``amalgam methods``, ``amalgam teacher SOURCE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from amalgam.errors import AmalgamError
+from amalgam.recipe import Recipe, load_recipe
+
+
+def _run_dir(recipe: Recipe) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = Path(recipe.data.name).name.replace("/", "-")
+    return Path(recipe.output.dir) / f"{stamp}-{recipe.method.name}-{data}"
+
+
+def run_recipe(recipe: Recipe, progress: bool = True):
+    """Load the recipe's teachers (or the demo zoo) and amalgamate; returns the result."""
+    from amalgam.api import amalgamate
+    from amalgam.data import load_data
+    from amalgam.teachers import load_teacher
+    from amalgam.zoo import build_demo_zoo
+
+    if recipe.teachers:
+        teachers = [
+            load_teacher(t.source, revision=t.revision, class_names=t.class_names, name=t.name,
+                         trust_remote_code=t.trust_remote_code)
+            for t in recipe.teachers
+        ]
+    else:
+        teachers = [load_teacher(folder) for folder in build_demo_zoo(progress=progress)]
+    if progress:
+        for teacher in teachers:
+            print(f"teacher {teacher!r}  from {teacher.describe()['source']}")
+    return amalgamate(
+        teachers,
+        student=recipe.student.architecture,
+        data=load_data(recipe.data.name, image_size=recipe.data.image_size),
+        method=recipe.method.name,
+        method_options=recipe.method.options,
+        label_mapping=recipe.label_mapping or None,
+        labeled_fraction=recipe.data.labeled_fraction,
+        student_input_size=recipe.student.input_size,
+        epochs=recipe.train.epochs,
+        batch_size=recipe.train.batch_size,
+        lr=recipe.train.lr,
+        seed=recipe.train.seed,
+        mixed_precision=recipe.train.mixed_precision,
+        run_dir=_run_dir(recipe),
+        progress=progress,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    if args.epochs is not None:
+        recipe.train.epochs = args.epochs
+    if args.out is not None:
+        recipe.output.dir = args.out
+    result = run_recipe(recipe, progress=not args.quiet)
+    print()
+    print(result.table())
+    print(f"\nstudent, metrics.json and run.json saved in {result.run_dir}")
+    print(f"wall time {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _cmd_methods(_args: argparse.Namespace) -> int:
+    from amalgam.methods import available_methods, method_options
+
+    for name, cls in available_methods().items():
+        options = ", ".join(f"{k}={v!r}" for k, v in method_options(name).items()) or "no options"
+        print(f"{name}\n    {cls.summary}\n    paper: {cls.paper}\n    options: {options}")
+    return 0
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from amalgam.teachers import load_teacher
+
+    teacher = load_teacher(args.source, revision=args.revision)
+    print(json.dumps({**teacher.describe(), "taps": teacher.tap_names()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amalgam", description="Amalgamate several teachers into one student.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an amalgamation (default: demo teachers on digits)")
+    run.add_argument("recipe", nargs="?", help="a .toml or .yaml recipe (see amalgam.recipe)")
+    run.add_argument("--epochs", type=int, help="override the recipe's train.epochs")
+    run.add_argument("--out", help="override the recipe's output.dir (default: runs)")
+    run.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
+    run.set_defaults(func=_cmd_run)
+    methods = commands.add_parser("methods", help="list the registered methods and their options")
+    methods.set_defaults(func=_cmd_methods)
+    teacher = commands.add_parser("teacher", help="load a teacher and show its classes, input and taps")
+    teacher.add_argument("source", help="hf-hub:org/name, org/name, or a folder")
+    teacher.add_argument("--revision")
+    teacher.set_defaults(func=_cmd_teacher)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AmalgamError as err:
+        print(f"amalgam: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Measuring the student and the teachers on the labeled test split, in the union label space."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from amalgam.methods.blocks import place_probabilities
+from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.teacher import Teacher
+
+EVAL_BATCH = 256
+
+
+def _batches(data: Dataset, device: torch.device):
+    for images, labels in DataLoader(data, batch_size=EVAL_BATCH, shuffle=False):
+        yield images.to(device), labels.to(device)
+
+
+@torch.no_grad()
+def student_predictions(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted union indices and union labels for ``data`` (labels already mapped; -1 rows dropped)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    for images, labels in _batches(data, device):
+        keep = labels >= 0
+        if keep.any():
+            predictions.append(model(images[keep]).argmax(dim=-1).cpu())
+            targets.append(labels[keep].cpu())
+    model.train(was_training)
+    return torch.cat(predictions), torch.cat(targets)
+
+
+def accuracy(model: nn.Module, data: Dataset) -> float:
+    predictions, targets = student_predictions(model, data)
+    return float((predictions == targets).float().mean())
+
+
+def per_class_accuracy(predictions: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> dict:
+    result = {}
+    for j, name in enumerate(class_names):
+        mask = targets == j
+        if mask.any():
+            result[name] = float((predictions[mask] == j).float().mean())
+    return result
+
+
+@torch.no_grad()
+def evaluate_teachers(teachers: Sequence[Teacher], label_space: LabelSpace, data: Dataset) -> dict:
+    """Each teacher on its own classes, the teachers' mean prediction, and the oracle, on union-mapped ``data``.
+
+    - ``teachers[name]``: accuracy on the test samples whose class the teacher knows.
+    - ``ensemble``: the argmax of the mean of the teachers' probabilities placed in the union space.
+    - ``oracle``: each sample sent to the teacher(s) that know its true class (an upper reference).
+    """
+    device = teachers[0].device
+    indices = [label_space.index_tensor(k, device) for k in range(len(teachers))]
+    membership = label_space.membership(device)
+    counts = {"own": torch.zeros(len(teachers)), "own_total": torch.zeros(len(teachers))}
+    ensemble_correct = oracle_correct = total = 0
+    uniform = torch.full((len(teachers),), 1.0 / len(teachers), device=device)
+    for images, labels in _batches(data, device):
+        keep = labels >= 0
+        images, labels = images[keep], labels[keep]
+        if not len(labels):
+            continue
+        probs = [teacher(images).logits.softmax(dim=-1) for teacher in teachers]
+        ensemble = place_probabilities(probs, indices, uniform, label_space.num_classes)
+        ensemble_correct += int((ensemble.argmax(-1) == labels).sum())
+        knows = membership[:, labels].T  # B x K: does teacher k know the true class
+        oracle_weights = knows / knows.sum(dim=1, keepdim=True)
+        oracle = place_probabilities(probs, indices, oracle_weights, label_space.num_classes)
+        oracle_correct += int((oracle.argmax(-1) == labels).sum())
+        total += len(labels)
+        for k, p in enumerate(probs):
+            own = knows[:, k].bool()
+            counts["own"][k] += int((indices[k][p.argmax(-1)][own] == labels[own]).sum())
+            counts["own_total"][k] += int(own.sum())
+    return {
+        "teachers": {
+            teacher.name: {
+                "accuracy_on_own_classes": float(counts["own"][k] / max(1, counts["own_total"][k])),
+                "test_samples": int(counts["own_total"][k]),
+            }
+            for k, teacher in enumerate(teachers)
+        },
+        "ensemble": {"accuracy": ensemble_correct / max(1, total)},
+        "oracle": {"accuracy": oracle_correct / max(1, total)},
+    }

@@ -1,0 +1,123 @@
+"""Training a student against a method's losses, on accelerate (one code path from a laptop CPU to GPUs)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from amalgam.methods.base import Method, StepInputs
+from amalgam.teachers.teacher import Teacher
+
+
+@dataclass
+class TrainConfig:
+    """The training budget. Every method of a comparison should get the same one."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16", passed to accelerate
+    cpu: bool = False  # force the CPU even when a GPU is present
+
+    def __post_init__(self) -> None:
+        for field, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def train(
+    model: nn.Module,
+    method: Method,
+    teachers: Sequence[Teacher],
+    transfer: Dataset,
+    config: TrainConfig,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict]:
+    """Minimise the sum of ``method``'s loss terms over ``transfer``, and return one record per epoch.
+
+    ``model`` maps raw image batches to logits (a :class:`~amalgam.students.Student`); teachers run frozen
+    on the same batch; ``evaluate(model)`` (if given) is the test accuracy logged after each epoch, and
+    ``on_epoch`` receives each record as it is made (for live plots).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
+    set_seed(config.seed)
+    loader = DataLoader(
+        transfer,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(transfer) > config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    parameters = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * max(1, len(loader))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    method.to(accelerator.device)
+    for teacher in teachers:  # frozen: moved, never wrapped for distributed training
+        teacher.to(accelerator.device)
+    taps = method.teacher_taps()
+
+    history = []
+    show = progress and accelerator.is_local_main_process
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        method.train()
+        started = time.perf_counter()
+        sums: dict[str, float] = defaultdict(float)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False, unit="batch")
+        for images, labels in bar:
+            teacher_outputs = [teacher(images, taps=taps[k]) for k, teacher in enumerate(teachers)]
+            with accelerator.autocast():
+                logits = model(images)
+                losses = method(StepInputs(student_logits=logits, teacher_outputs=teacher_outputs, labels=labels))
+                loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            schedule.step()
+            for key, value in losses.items():
+                sums[key] += float(value.detach())
+            sums["loss"] += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        record = {"epoch": epoch, **{k: v / max(1, len(loader)) for k, v in sums.items()}}
+        record["seconds"] = time.perf_counter() - started
+        if evaluate is not None:
+            record["test_accuracy"] = evaluate(accelerator.unwrap_model(model))
+        history.append(record)
+        if show:
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}  loss {record['loss']:.4f}"
+                + (f"  test accuracy {record['test_accuracy']:.4f}" if "test_accuracy" in record else "")
+            )
+        if on_epoch is not None:
+            on_epoch(record)
+    accelerator.unwrap_model(model).eval()
+    return history

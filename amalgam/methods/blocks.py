@@ -1,0 +1,54 @@
+"""Loss building blocks shared by methods (shared/METHODS.md §0.1 and §11.2): one definition each."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD loss ``tau^2 * KL(p || softmax(z_s / tau))``, averaged over the batch.
+
+    ``0 * log 0`` counts as 0, so targets may have exact zeros (classes a teacher does not know).
+
+    >>> kd_loss(torch.zeros(1, 2), torch.tensor([[0.5, 0.5]]), temperature=2.0).item()
+    0.0
+    """
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = torch.special.xlogy(target_probs, target_probs) - target_probs * log_q
+    return temperature**2 * kl.sum(dim=-1).mean()
+
+
+def place_probabilities(
+    probs: Sequence[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    weights: torch.Tensor,
+    num_classes: int,
+) -> torch.Tensor:
+    """Teachers' probabilities moved into the union label space and summed with weights.
+
+    ``q[:, j] = sum_k w_k * p_k[:, c]`` over the classes ``c`` of teacher ``k`` with ``idx_k[c] = j``: the
+    scatter-add of shared/METHODS.md §6, which also covers disjoint teachers (then it is a weighted
+    concatenation). ``weights`` is ``K`` (fixed) or ``B x K`` (per sample, e.g. trust).
+
+    >>> place_probabilities([torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]])],
+    ...                     [torch.tensor([0, 1]), torch.tensor([1, 2])], torch.tensor([0.5, 0.5]), 3)
+    tensor([[0.5000, 0.2500, 0.2500]])
+    """
+    batch = probs[0].shape[0]
+    if weights.ndim == 1:
+        weights = weights.expand(batch, -1)
+    target = probs[0].new_zeros(batch, num_classes)
+    for k, (p, idx) in enumerate(zip(probs, indices)):
+        target.index_add_(1, idx.to(p.device), p * weights[:, k : k + 1])
+    return target
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled rows (``labels >= 0``); 0 (with a graph) when the batch has none."""
+    labeled = labels >= 0
+    if not labeled.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labeled], labels[labeled])

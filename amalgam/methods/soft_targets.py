@@ -1,0 +1,81 @@
+"""Soft targets over the union label space."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from amalgam.errors import MethodError
+from amalgam.methods.base import Method, StepInputs
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_probabilities
+from amalgam.methods.registry import register_method
+from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.teacher import Teacher
+
+
+@register_method
+class SoftTargets(Method):
+    """Distil the teachers' averaged softened predictions, placed in the union label space.
+
+    Output level of You et al., KDD 2017 (shared/METHODS.md §1): ``p = sum_k w_k softmax(z_k / tau)``
+    with fixed weights ``w`` (the mean by default; fixed weighted averaging as in §10h). Each teacher's
+    probabilities go through its index map into the union space (scatter-add), so teachers with different or
+    overlapping label spaces are combined by class name, never by position. Loss:
+    ``soft_weight * tau^2 KL(p || softmax(z_s / tau)) + label_weight * CE(y, z_s)`` on the labeled fraction.
+
+    The relative-dissimilarity term of §1 is a feature method and lives with those. Known limit (and the
+    reason for the trust methods): a teacher is confidently wrong on classes it has never seen, and a fixed
+    weight cannot tell.
+
+    Args:
+        temperature: ``tau`` (§1's library default, 4).
+        weights: one non-negative weight per teacher (normalised to sum 1), default equal.
+        soft_weight: ``lambda_ST``.
+        label_weight: weight of the cross-entropy on labeled samples (used only when the run has labels).
+    """
+
+    name = "soft-targets"
+    paper = "You, Xu, Xu, Tao. Learning from Multiple Teacher Networks. KDD 2017"
+    summary = "Average the teachers' softened predictions over the union label space and distil them."
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        teachers: Sequence[Teacher],
+        temperature: float = 4.0,
+        weights: Sequence[float] | None = None,
+        soft_weight: float = 1.0,
+        label_weight: float = 1.0,
+    ) -> None:
+        super().__init__(label_space, teachers)
+        if temperature <= 0:
+            raise MethodError(f"soft-targets: temperature must be positive, got {temperature}")
+        weights = [1.0] * self.num_teachers if weights is None else [float(w) for w in weights]
+        if len(weights) != self.num_teachers or min(weights) < 0 or sum(weights) <= 0:
+            raise MethodError(
+                f"soft-targets: weights needs {self.num_teachers} non-negative values (one per teacher) with a "
+                f"positive sum, got {weights}"
+            )
+        self.temperature = float(temperature)
+        self.soft_weight = float(soft_weight)
+        self.label_weight = float(label_weight)
+        self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
+        for k in range(self.num_teachers):
+            self.register_buffer(f"index_{k}", label_space.index_tensor(k), persistent=False)
+
+    def indices(self) -> list[torch.Tensor]:
+        return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
+
+    def target(self, teacher_logits: Sequence[torch.Tensor], temperature: float | None = None) -> torch.Tensor:
+        """The combined soft target over the union classes."""
+        tau = self.temperature if temperature is None else temperature
+        probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
+        return place_probabilities(probs, self.indices(), self.weights, self.label_space.num_classes)
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        target = self.target([out.logits for out in step.teacher_outputs])
+        losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature)}
+        if self.label_weight > 0:
+            losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
+        return losses

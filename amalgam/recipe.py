@@ -1,0 +1,161 @@
+"""Recipe files (TOML or YAML) for ``amalgam run``: every key checked, unknown keys named.
+
+A recipe, with every section optional (the default amalgamates the demo zoo on digits)::
+
+    [[teachers]]                    # omit to use the demo zoo
+    source = "hf-hub:org/cnn-digits-0to4"
+    revision = "main"               # optional: branch, tag or commit
+    class_names = ["0", "1"]        # optional: when the files carry none
+    [data]
+    name = "digits"                 # digits | fashion-mnist | a datasets id | an image folder
+    labeled_fraction = 0.0
+    [student]
+    architecture = "test_efficientnet"
+    [method]
+    name = "soft-targets"
+    options = { temperature = 4.0 }
+    [train]
+    epochs = 10
+    [output]
+    dir = "runs"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from amalgam.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TeacherEntry:
+    source: str
+    revision: str | None = None
+    class_names: list[str] | None = None
+    name: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataSection:
+    name: str = "digits"
+    labeled_fraction: float = 0.0
+    image_size: int | None = None
+
+
+@dataclass
+class StudentSection:
+    architecture: str = "test_efficientnet"
+    input_size: int | None = None
+
+
+@dataclass
+class MethodSection:
+    name: str = "soft-targets"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    mixed_precision: str = "no"
+
+
+@dataclass
+class OutputSection:
+    dir: str = "runs"
+
+
+@dataclass
+class Recipe:
+    """A whole run. ``teachers`` empty means the demo zoo."""
+
+    teachers: list[TeacherEntry] = field(default_factory=list)
+    data: DataSection = field(default_factory=DataSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    label_mapping: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise RecipeError(f"recipe: {where} must be a table of keys, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise RecipeError(
+            f"recipe: unknown key {unknown[0]!r} in {where}; the keys of {where} are {sorted(known)}"
+        )
+    missing = [
+        name for name, f in known.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in values
+    ]
+    if missing:
+        raise RecipeError(f"recipe: {where} needs the key {missing[0]!r}")
+    return cls(**values)
+
+
+_SECTIONS = {
+    "data": DataSection, "student": StudentSection, "method": MethodSection, "train": TrainSection,
+    "output": OutputSection,
+}
+
+
+def parse_recipe(values: Mapping[str, Any]) -> Recipe:
+    """Build a :class:`Recipe` from parsed TOML/YAML, rejecting unknown keys with the section they were in.
+
+    >>> parse_recipe({"train": {"epochs": 2}}).train.epochs
+    2
+    >>> parse_recipe({"train": {"epoch": 2}})  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    amalgam.errors.RecipeError: recipe: unknown key 'epoch' in [train]; ...
+    """
+    allowed = {"teachers", "label_mapping", *_SECTIONS}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise RecipeError(f"recipe: unknown top-level key {unknown[0]!r}; the recipe's keys are {sorted(allowed)}")
+    teachers = values.get("teachers", [])
+    if not isinstance(teachers, list):
+        raise RecipeError("recipe: 'teachers' must be a list of tables ([[teachers]] in TOML)")
+    mapping = values.get("label_mapping", {})
+    if not isinstance(mapping, Mapping) or not all(isinstance(v, str) for v in mapping.values()):
+        raise RecipeError("recipe: [label_mapping] must map class names to union class names")
+    return Recipe(
+        teachers=[_build(TeacherEntry, t, f"[[teachers]] #{i + 1}") for i, t in enumerate(teachers)],
+        label_mapping={str(k): v for k, v in mapping.items()},
+        **{name: _build(cls, values.get(name, {}), f"[{name}]") for name, cls in _SECTIONS.items()},
+    )
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a ``.toml`` or ``.yaml``/``.yml`` recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} not found")
+    import yaml
+
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise RecipeError(f"recipe file {str(path)!r} must end in .toml, .yaml or .yml")
+    text = path.read_text()
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise RecipeError(f"recipe file {str(path)!r} is not valid: {err}") from None
+    return parse_recipe(values)
