@@ -16,7 +16,8 @@ from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indic
 from amalgam.engine import TrainConfig, accuracy, evaluate_teachers, per_class_accuracy, student_predictions, train
 from amalgam.engine.trainer import EpochCallback
 from amalgam.errors import DataError, TeacherError
-from amalgam.methods import create_method
+from amalgam.knowledge import CachedSignals, LiveSignals, TeacherSignals
+from amalgam.methods import Method, create_method
 from amalgam.students import Student, default_input_size
 from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
@@ -66,6 +67,7 @@ def amalgamate(
     seed: int = 0,
     mixed_precision: str = "no",
     run_dir: str | os.PathLike | None = None,
+    cache_teachers: bool = True,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
 ) -> AmalgamationResult:
@@ -81,6 +83,8 @@ def amalgamate(
         label_mapping: renames/merges teacher classes, see :meth:`LabelSpace.union`.
         labeled_fraction: stratified fraction of the transfer set whose labels the method may use.
         run_dir: where to save ``student/``, ``metrics.json`` and ``run.json`` (nothing saved if ``None``).
+        cache_teachers: compute the teachers' logits on the transfer set once, instead of every epoch (used
+            when the method needs no intermediate features; the teachers are frozen, so results are the same).
 
     Example:
         >>> from amalgam.zoo import build_demo_zoo
@@ -129,8 +133,9 @@ def amalgamate(
         run_path.mkdir(parents=True, exist_ok=True)
         (run_path / "run.json").write_text(json.dumps(description, indent=2))
 
+    signals = _teacher_signals(teachers, method_module, transfer, cache_teachers, progress)
     history = train(
-        student, method_module, teachers, transfer, config,
+        student, method_module, signals, transfer, config,
         evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,
     )
     predictions, targets = student_predictions(student, test)
@@ -154,6 +159,18 @@ def amalgamate(
         student.save_pretrained(run_path / "student")
         (run_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return AmalgamationResult(student, metrics, label_space, teachers, run_path, history)
+
+
+def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, cache: bool,
+                     progress: bool) -> TeacherSignals:
+    from accelerate import PartialState
+
+    for teacher in teachers:
+        teacher.to(PartialState().device)
+    taps = method.teacher_taps()
+    if cache and not any(taps):
+        return CachedSignals.compute(teachers, transfer, progress=progress)
+    return LiveSignals(teachers, taps)
 
 
 def format_results(metrics: Mapping[str, Any]) -> str:

@@ -131,3 +131,15 @@ def test_recipe_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(RecipeError, match=message):
         load_recipe(path)
+
+
+def test_cached_teacher_outputs_train_the_same_student_as_live_teachers(demo_zoo):
+    runs = [
+        amalgam.amalgamate(demo_zoo, data="digits", epochs=1, cache_teachers=cache, progress=False)
+        for cache in (True, False)
+    ]
+    images = torch.rand(8, 1, 8, 8)
+    cached, live = (run.student.eval()(images) for run in runs)
+    # Same batches, same seed; only the teachers' batch size differs, so float rounding is all that may differ.
+    assert torch.allclose(cached, live, atol=1e-3)
+    assert runs[0].metrics["history"][0]["soft"] == pytest.approx(runs[1].metrics["history"][0]["soft"], rel=1e-4)

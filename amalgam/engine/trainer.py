@@ -6,15 +6,15 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from amalgam.knowledge import IndexedImages, TeacherSignals
 from amalgam.methods.base import Method, StepInputs
-from amalgam.teachers.teacher import Teacher
 
 
 @dataclass
@@ -48,7 +48,7 @@ EpochCallback = Callable[[dict], None]
 def train(
     model: nn.Module,
     method: Method,
-    teachers: Sequence[Teacher],
+    signals: TeacherSignals | None,
     transfer: Dataset,
     config: TrainConfig,
     evaluate: Callable[[nn.Module], float] | None = None,
@@ -57,8 +57,9 @@ def train(
 ) -> list[dict]:
     """Minimise the sum of ``method``'s loss terms over ``transfer``, and return one record per epoch.
 
-    ``model`` maps raw image batches to logits (a :class:`~amalgam.students.Student`); teachers run frozen
-    on the same batch; ``evaluate(model)`` (if given) is the test accuracy logged after each epoch, and
+    ``model`` maps raw image batches to logits (a :class:`~amalgam.students.Student`); ``signals`` gives the
+    teachers' outputs for each batch (live or cached; ``None`` for a method without teachers);
+    ``evaluate(model)`` (if given) is the test accuracy logged after each epoch, and
     ``on_epoch`` receives each record as it is made (for live plots).
     """
     from accelerate import Accelerator
@@ -67,7 +68,7 @@ def train(
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
     set_seed(config.seed)
     loader = DataLoader(
-        transfer,
+        IndexedImages(transfer),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=len(transfer) > config.batch_size,
@@ -81,9 +82,8 @@ def train(
     )
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     method.to(accelerator.device)
-    for teacher in teachers:  # frozen: moved, never wrapped for distributed training
-        teacher.to(accelerator.device)
-    taps = method.teacher_taps()
+    if signals is not None:
+        signals.to(accelerator.device)
 
     history = []
     show = progress and accelerator.is_local_main_process
@@ -93,8 +93,8 @@ def train(
         started = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False, unit="batch")
-        for images, labels in bar:
-            teacher_outputs = [teacher(images, taps=taps[k]) for k, teacher in enumerate(teachers)]
+        for images, labels, indices in bar:
+            teacher_outputs = signals(images, indices) if signals is not None else []
             with accelerator.autocast():
                 logits = model(images)
                 losses = method(StepInputs(student_logits=logits, teacher_outputs=teacher_outputs, labels=labels))
