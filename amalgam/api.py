@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
@@ -102,6 +103,7 @@ def amalgamate(
     label_map = data_label_map(data, label_space)
     method_module = create_method(method, label_space, teachers, dict(method_options or {}))
     if isinstance(student, str):
+        torch.manual_seed(seed)  # the student's initial weights are part of what ``seed`` fixes
         student = Student(
             student,
             class_names=label_space.class_names,
