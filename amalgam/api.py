@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
-from amalgam.engine import TrainConfig, accuracy, evaluate_teachers, per_class_accuracy, student_predictions, train
+from amalgam.engine import (
+    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions, train,
+)
 from amalgam.engine.trainer import EpochCallback
 from amalgam.errors import DataError, TeacherError
 from amalgam.knowledge import CachedSignals, LiveSignals, TeacherSignals
@@ -147,6 +149,7 @@ def amalgamate(
             "parameters": student.num_parameters,
             "accuracy": float((predictions == targets).float().mean()),
             "per_class": per_class_accuracy(predictions, targets, label_space.class_names),
+            "confusion": confusion_matrix(predictions, targets, label_space.num_classes),
         },
         **evaluate_teachers(teachers, label_space, test),
         "test_samples": int(targets.numel()),
@@ -183,6 +186,7 @@ def format_results(metrics: Mapping[str, Any]) -> str:
                      f"{result['accuracy_on_own_classes']:.4f}"))
     union = f"all union classes ({metrics['test_samples']} images)"
     rows.append(("teachers together (mean)", union, f"{metrics['ensemble']['accuracy']:.4f}"))
+    rows.append(("teachers concatenated", union, f"{metrics['concatenated']['accuracy']:.4f}"))
     rows.append(("teacher oracle (reference)", union, f"{metrics['oracle']['accuracy']:.4f}"))
     student = metrics["student"]
     rows.append((f"student {student['architecture']}", union, f"{student['accuracy']:.4f}"))

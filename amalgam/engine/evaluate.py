@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from amalgam.methods.blocks import place_probabilities
+from amalgam.methods.blocks import place_logits, place_probabilities
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
@@ -41,6 +41,16 @@ def accuracy(model: nn.Module, data: Dataset) -> float:
     return float((predictions == targets).float().mean())
 
 
+def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """``matrix[true][predicted]`` counts.
+
+    >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2)
+    [[1, 1], [0, 1]]
+    """
+    flat = targets * num_classes + predictions
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
+
+
 def per_class_accuracy(predictions: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> dict:
     result = {}
     for j, name in enumerate(class_names):
@@ -56,20 +66,24 @@ def evaluate_teachers(teachers: Sequence[Teacher], label_space: LabelSpace, data
 
     - ``teachers[name]``: accuracy on the test samples whose class the teacher knows.
     - ``ensemble``: the argmax of the mean of the teachers' probabilities placed in the union space.
+    - ``concatenated``: the argmax of the teachers' logits side by side (one classifier over the union).
     - ``oracle``: each sample sent to the teacher(s) that know its true class (an upper reference).
     """
     device = teachers[0].device
     indices = [label_space.index_tensor(k, device) for k in range(len(teachers))]
     membership = label_space.membership(device)
     counts = {"own": torch.zeros(len(teachers)), "own_total": torch.zeros(len(teachers))}
-    ensemble_correct = oracle_correct = total = 0
+    ensemble_correct = oracle_correct = concatenated_correct = total = 0
     uniform = torch.full((len(teachers),), 1.0 / len(teachers), device=device)
     for images, labels in _batches(data, device):
         keep = labels >= 0
         images, labels = images[keep], labels[keep]
         if not len(labels):
             continue
-        probs = [teacher(images).logits.softmax(dim=-1) for teacher in teachers]
+        logits = [teacher(images).logits for teacher in teachers]
+        probs = [z.softmax(dim=-1) for z in logits]
+        concatenated = place_logits(logits, indices, label_space.num_classes)
+        concatenated_correct += int((concatenated.argmax(-1) == labels).sum())
         ensemble = place_probabilities(probs, indices, uniform, label_space.num_classes)
         ensemble_correct += int((ensemble.argmax(-1) == labels).sum())
         knows = membership[:, labels].T  # B x K: does teacher k know the true class
@@ -91,4 +105,5 @@ def evaluate_teachers(teachers: Sequence[Teacher], label_space: LabelSpace, data
         },
         "ensemble": {"accuracy": ensemble_correct / max(1, total)},
         "oracle": {"accuracy": oracle_correct / max(1, total)},
+        "concatenated": {"accuracy": concatenated_correct / max(1, total)},
     }

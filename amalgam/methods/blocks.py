@@ -46,6 +46,26 @@ def place_probabilities(
     return target
 
 
+def place_logits(logits: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Teachers' raw logits side by side in the union space, as one classifier's logits.
+
+    For disjoint teachers this is the plain concatenation ``[z_1; ...; z_K]`` that KamalEngine's KD and CFL
+    targets use (shared/METHODS.md §0.1). A class known to several teachers gets the mean of their logits.
+
+    >>> place_logits([torch.tensor([[1.0, 2.0]]), torch.tensor([[4.0, 3.0]])],
+    ...              [torch.tensor([0, 1]), torch.tensor([1, 2])], 3)
+    tensor([[1., 3., 3.]])
+    """
+    batch = logits[0].shape[0]
+    total = logits[0].new_zeros(batch, num_classes)
+    count = logits[0].new_zeros(num_classes)
+    for z, idx in zip(logits, indices):
+        idx = idx.to(z.device)
+        total.index_add_(1, idx, z)
+        count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
+    return total / count.clamp(min=1)
+
+
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the labeled rows (``labels >= 0``); 0 (with a graph) when the batch has none."""
     labeled = labels >= 0

@@ -8,7 +8,7 @@ import torch
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_probabilities
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_logits, place_probabilities
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
@@ -79,3 +79,25 @@ class SoftTargets(Method):
         if self.label_weight > 0:
             losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
         return losses
+
+
+@register_method
+class ConcatenatedLogits(SoftTargets):
+    """Distil one softmax over the teachers' logits placed side by side (concatenated) in the union space.
+
+    The KD target of KamalEngine's amalgamators and of CFL's soft-target term (shared/METHODS.md §0.1, §2):
+    ``p = softmax([z_1; ...; z_K] / tau)``. Teachers compete inside one softmax, so a teacher that is
+    confidently wrong on a class it never saw wins over the right, less confident one: the baseline the
+    selection and trust methods exist to beat. Overlapping classes take the mean of their teachers' logits
+    (a choice of ours: concatenation by position has no meaning there). Options as for ``soft-targets``;
+    ``weights`` is not used.
+    """
+
+    name = "concat-logits"
+    paper = "Reference target of KamalEngine (Luo et al., IJCAI 2019; Shen et al., AAAI 2019)"
+    summary = "One softmax over the teachers' concatenated logits (the naive amalgamation target)."
+
+    def target(self, teacher_logits: Sequence[torch.Tensor], temperature: float | None = None) -> torch.Tensor:
+        tau = self.temperature if temperature is None else temperature
+        logits = place_logits(list(teacher_logits), self.indices(), self.label_space.num_classes)
+        return (logits / tau).softmax(dim=-1)
