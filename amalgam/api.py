@@ -167,9 +167,11 @@ def amalgamate(
 
 
 def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, cache: bool,
-                     progress: bool) -> TeacherSignals:
+                     progress: bool) -> TeacherSignals | None:
     from accelerate import PartialState
 
+    if not method.uses_teachers:
+        return None
     for teacher in teachers:
         teacher.to(PartialState().device)
     taps = method.teacher_taps()

@@ -41,6 +41,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    uses_teachers: ClassVar[bool] = True  # False for references trained on labels alone
 
     def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
         super().__init__()

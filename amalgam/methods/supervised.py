@@ -24,6 +24,7 @@ class Supervised(Method):
     name = "supervised"
     paper = "Reference: no teachers, labels only"
     summary = "Train the student on the labeled fraction only (a reference, not amalgamation)."
+    uses_teachers = False
 
     def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
         super().__init__(label_space, teachers)

@@ -1,5 +1,5 @@
-"""The demo zoo of small teachers that ``amalgam run`` uses by default."""
+"""Small teachers trained on real data: the demo zoo that ``amalgam run`` uses, and the benchmark's zoos."""
 
-from amalgam.zoo.demo import DEMO_TEACHERS, ZOO_VERSION, amalgam_home, build_demo_zoo
+from amalgam.zoo.demo import DEMO_TEACHERS, ZOO_VERSION, TeacherSpec, amalgam_home, build_demo_zoo, build_teachers
 
-__all__ = ["DEMO_TEACHERS", "ZOO_VERSION", "amalgam_home", "build_demo_zoo"]
+__all__ = ["DEMO_TEACHERS", "ZOO_VERSION", "TeacherSpec", "amalgam_home", "build_demo_zoo", "build_teachers"]

@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from amalgam.data import load_digits
+from amalgam.data import ImageData, load_digits
 from amalgam.zoo.teachers import train_teacher
 
 ZOO_VERSION = "v1"
@@ -28,11 +30,44 @@ def amalgam_home() -> Path:
     return Path(os.environ.get("AMALGAM_HOME", Path.home() / ".cache" / "amalgam")).expanduser()
 
 
-# name: (teacher kind, classes, input side, training epochs)
+@dataclass(frozen=True)
+class TeacherSpec:
+    """How to train one zoo teacher: a kind of ``amalgam.zoo.teachers.TEACHER_KINDS`` on some classes."""
+
+    kind: str
+    classes: list[str]
+    size: int
+    epochs: int
+    batch_size: int = 32
+
+
 DEMO_TEACHERS = {
-    "cnn-digits-0to4": ("timm-cnn", DIGITS_LOW, 32, 10),
-    "vit-digits-5to9": ("vit", DIGITS_HIGH, 16, 40),
+    "cnn-digits-0to4": TeacherSpec("timm-cnn", DIGITS_LOW, size=32, epochs=10),
+    "vit-digits-5to9": TeacherSpec("vit", DIGITS_HIGH, size=16, epochs=40),
 }
+
+
+def build_teachers(specs: dict[str, TeacherSpec], data: Callable[[], ImageData], root: Path, force: bool = False,
+                   progress: bool = True) -> list[Path]:
+    """Train (once) each teacher of ``specs`` on ``data()`` into ``root/<name>``; return the folders in order."""
+    root.mkdir(parents=True, exist_ok=True)
+    folders = []
+    for name, spec in specs.items():
+        folder = root / name
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        if not (folder / "config.json").is_file():
+            with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as scratch:
+                staged = Path(scratch) / name
+                if progress:
+                    print(f"Training teacher {name} (once; saved to {folder})")
+                test_accuracy = train_teacher(spec.kind, spec.classes, data(), staged, size=spec.size,
+                                              epochs=spec.epochs, batch_size=spec.batch_size)
+                if progress:
+                    print(f"  {name}: test accuracy on its classes {test_accuracy:.4f}")
+                staged.rename(folder)
+        folders.append(folder)
+    return folders
 
 
 def build_demo_zoo(root: str | os.PathLike | None = None, force: bool = False, progress: bool = True) -> list[Path]:
@@ -44,22 +79,4 @@ def build_demo_zoo(root: str | os.PathLike | None = None, force: bool = False, p
         ['cnn-digits-0to4', 'vit-digits-5to9']
     """
     root = Path(root) if root is not None else amalgam_home() / "zoo" / ZOO_VERSION
-    root.mkdir(parents=True, exist_ok=True)
-    folders = []
-    for name in DEMO_TEACHERS:
-        folder = root / name
-        if force and folder.exists():
-            shutil.rmtree(folder)
-        if not (folder / "config.json").is_file():
-            with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as scratch:
-                staged = Path(scratch) / name
-                if progress:
-                    print(f"Training demo teacher {name} (once; saved to {folder})")
-                kind, classes, size, epochs = DEMO_TEACHERS[name]
-                test_accuracy = train_teacher(kind, classes, load_digits(), staged, size=size, epochs=epochs,
-                                              batch_size=32)
-                if progress:
-                    print(f"  {name}: test accuracy on its classes {test_accuracy:.4f}")
-                staged.rename(folder)
-        folders.append(folder)
-    return folders
+    return build_teachers(DEMO_TEACHERS, load_digits, root, force=force, progress=progress)

@@ -1,0 +1,204 @@
+"""Quality benchmark: every registered method beside the references, same teachers, student, data and budget.
+
+    python -m bench.quality --setting digits-split            # about a minute
+    python -m bench.quality --setting fmnist-split --seeds 3  # the main table
+
+Rows: the student trained with all labels (the ceiling for this student and budget) and with only the 2%
+labels; every method in the registry (so a new method appears here by registering); and, from the teachers
+alone, the oracle (each test image sent to a teacher that knows its class), the teachers' concatenated logits
+as one classifier, and their mean probabilities. Writes ``bench/results/quality-<setting>.md`` (the table),
+``.json`` (all numbers, per-class accuracy and confusion matrices), ``.png`` (bar plot) and
+``-confusion.png`` (the student's confusion matrix for each trained row, seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from amalgam import amalgamate, load_teacher
+from amalgam.methods import available_methods
+from bench.settings import LABELED_FRACTION, SETTINGS, STUDENT, Setting
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    method: str
+    labeled_fraction: float
+    reference: bool
+
+
+def rows_for(methods: Sequence[str] | None = None) -> list[Row]:
+    """The references, then every registered amalgamation method (or those named), at the 2% labeled fraction."""
+    pct = f"{LABELED_FRACTION:.0%}"
+    rows = [
+        Row("supervised, all labels", "supervised", 1.0, True),
+        Row(f"supervised, {pct} labels", "supervised", LABELED_FRACTION, True),
+    ]
+    names = [n for n in available_methods() if n != "supervised"] if methods is None else list(methods)
+    return rows + [Row(name, name, LABELED_FRACTION, name == "concat-logits") for name in names]
+
+
+def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = None,
+                methods: Sequence[str] | None = None, progress: bool = True) -> dict:
+    """Train every row for every seed; return all numbers."""
+    teachers = [load_teacher(folder) for folder in setting.teacher_folders(progress=progress)]
+    data = setting.data()
+    budget = setting.budget
+    epochs = epochs or budget.epochs
+    rows = rows_for(methods)
+    runs: dict[str, list[dict]] = {row.label: [] for row in rows}
+    teacher_metrics = None
+    jobs = [(row, seed) for row in rows for seed in seeds]
+    for row, seed in tqdm(jobs, desc=setting.name, disable=not progress, unit="run"):
+        started = time.perf_counter()
+        result = amalgamate(teachers, student=STUDENT, data=data, method=row.method,
+                            labeled_fraction=row.labeled_fraction, epochs=epochs, batch_size=budget.batch_size,
+                            lr=budget.lr, seed=seed, progress=False)
+        metrics = result.metrics
+        teacher_metrics = teacher_metrics or {k: metrics[k] for k in ("teachers", "ensemble", "oracle", "concatenated")}
+        runs[row.label].append({
+            "seed": seed, "accuracy": metrics["student"]["accuracy"], "seconds": time.perf_counter() - started,
+            "per_class": metrics["student"]["per_class"], "confusion": metrics["student"]["confusion"],
+        })
+        if progress:
+            tqdm.write(f"{row.label:<28} seed {seed}  accuracy {metrics['student']['accuracy']:.4f}")
+    return {
+        "setting": setting.name,
+        "student": STUDENT,
+        "budget": {"epochs": epochs, "batch_size": budget.batch_size, "lr": budget.lr, "optimizer": "AdamW, cosine"},
+        "labeled_fraction": LABELED_FRACTION,
+        "class_names": list(result.label_space.class_names),
+        "teachers": [t.describe() | {"parameters": t.num_parameters} for t in teachers],
+        "teacher_metrics": teacher_metrics,
+        "rows": [{"label": r.label, "method": r.method, "labeled_fraction": r.labeled_fraction,
+                  "reference": r.reference, "runs": runs[r.label]} for r in rows],
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(results: dict) -> str:
+    """The markdown table of a :func:`run_setting` result."""
+    seeds = len(results["rows"][0]["runs"])
+    lines = [
+        f"| row | kind | labels the student saw | accuracy (mean ± std, {seeds} seeds) | wall time per run (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        mean, std = _mean_std([r["accuracy"] for r in row["runs"]])
+        seconds = statistics.median(r["seconds"] for r in row["runs"])
+        kind = "reference" if row["reference"] else "method"
+        labels = "all" if row["labeled_fraction"] == 1.0 else f"{row['labeled_fraction']:.0%}"
+        lines.append(f"| {row['label']} | {kind} | {labels} | {mean:.4f} ± {std:.4f} | {seconds:.0f} |")
+    tm = results["teacher_metrics"]
+    for label, value in (("teacher oracle", tm["oracle"]["accuracy"]),
+                         ("teachers' concatenated logits (one classifier)", tm["concatenated"]["accuracy"]),
+                         ("teachers' mean probabilities", tm["ensemble"]["accuracy"])):
+        lines.append(f"| {label} | teachers | — | {value:.4f} | — |")
+    for name, own in tm["teachers"].items():
+        lines.append(f"| teacher {name}, on its own classes only | teachers | — | "
+                     f"{own['accuracy_on_own_classes']:.4f} | — |")
+    return "\n".join(lines)
+
+
+def _bar_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, means, stds, colors = [], [], [], []
+    for row in results["rows"]:
+        mean, std = _mean_std([r["accuracy"] for r in row["runs"]])
+        labels.append(row["label"]), means.append(mean), stds.append(std)
+        colors.append("#9e9e9e" if row["reference"] else "#1f77b4")
+    tm = results["teacher_metrics"]
+    for label, key in (("teacher oracle", "oracle"), ("teachers concatenated", "concatenated")):
+        labels.append(label), means.append(tm[key]["accuracy"]), stds.append(0.0), colors.append("#ffb74d")
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    ax.barh(labels[::-1], means[::-1], xerr=stds[::-1], color=colors[::-1])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test accuracy over the union of the teachers' classes")
+    ax.set_title(f"{results['setting']}: student {results['student']}, {results['budget']['epochs']} epochs")
+    for y, m in enumerate(means[::-1]):
+        ax.text(0.01, y, f"{m:.3f}", va="center", fontsize=8, color="white")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _confusion_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = results["rows"]
+    names = results["class_names"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        matrix = np.asarray(row["runs"][0]["confusion"], dtype=float)
+        matrix /= matrix.sum(axis=1, keepdims=True).clip(min=1)
+        ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+        ax.set_title(row["label"], fontsize=8)
+        ax.set_xticks(range(len(names)), [n[:6] for n in names], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), [n[:6] for n in names], fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("true", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict, out: Path = RESULTS) -> Path:
+    """Write the table, the numbers and the plots; return the markdown file."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"quality-{results['setting']}"
+    budget = results["budget"]
+    teachers = ", ".join(f"{t['name']} ({t['library']} {t['architecture']}, {len(t['classes'])} classes)"
+                         for t in results["teachers"])
+    header = (
+        f"# Quality: {results['setting']}\n\n"
+        f"Student `{results['student']}`, {budget['epochs']} epochs, batch {budget['batch_size']}, lr {budget['lr']} "
+        f"({budget['optimizer']}) for every row. Teachers: {teachers}. Accuracy on the whole test split.\n"
+        f"Regenerate: `python -m bench.quality --setting {results['setting']}`.\n\n"
+    )
+    stem.with_suffix(".md").write_text(header + table(results) + f"\n\n![bars]({stem.name}.png)\n"
+                                       f"![confusion]({stem.name}-confusion.png)\n")
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    _bar_plot(results, stem.with_suffix(".png"))
+    _confusion_plot(results, stem.parent / f"{stem.name}-confusion.png")
+    return stem.with_suffix(".md")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="digits-split")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="override the setting's budget (every row alike)")
+    parser.add_argument("--methods", help="comma-separated method names (default: every registered method)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",") if args.methods else None
+    results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods)
+    path = write_report(results, args.out)
+    print(table(results))
+    print(f"\nwritten: {path}")
+
+
+if __name__ == "__main__":
+    main()
