@@ -1,0 +1,27 @@
+"""The quality benchmark's harness, wired right: on digits at tiny size, more labels must give a better student."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.quality import rows_for, run_setting, write_report  # noqa: E402
+from bench.settings import SETTINGS  # noqa: E402
+
+
+def test_rows_follow_the_registry():
+    labels = [row.label for row in rows_for()]
+    assert labels[:2] == ["supervised, all labels", "supervised, 2% labels"]
+    assert {"soft-targets", "concat-logits"} <= set(labels) and labels.count("supervised") == 0
+
+
+def test_digits_smoke_supervised_ceiling_beats_the_two_percent_floor(tmp_path):
+    results = run_setting(SETTINGS["digits-split"], seeds=[0], epochs=3, methods=["soft-targets"], progress=False)
+    accuracy = {row["label"]: row["runs"][0]["accuracy"] for row in results["rows"]}
+    assert accuracy["supervised, all labels"] > accuracy["supervised, 2% labels"] + 0.1
+    assert results["teacher_metrics"]["oracle"]["accuracy"] > 0.9
+    report = write_report(results, tmp_path)
+    text = report.read_text()
+    assert "| soft-targets | method | 2% |" in text and "teacher oracle" in text
+    assert (tmp_path / "quality-digits-split.png").stat().st_size > 1000
+    assert (tmp_path / "quality-digits-split-confusion.png").stat().st_size > 1000
