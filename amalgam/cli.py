@@ -1,4 +1,5 @@
-"""The ``amalgam`` command line: ``amalgam run [RECIPE]``, ``amalgam methods``, ``amalgam teacher SOURCE``."""
+"""The ``amalgam`` command line: ``amalgam run [RECIPE]``, ``amalgam methods``, ``amalgam teacher SOURCE``,
+``amalgam push RUN_DIR REPO_ID``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from amalgam.errors import AmalgamError
+from amalgam.publish.card import DEFAULT_LICENSE
 from amalgam.recipe import Recipe, load_recipe
 
 
@@ -89,6 +91,17 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from amalgam.publish import push_run
+
+    result = push_run(args.run_dir, args.repo_id, private=args.private, demo=args.demo, timm_export=args.timm,
+                      space_id=args.space_id, license=args.license)
+    print(f"model: {result.model_url} (commit {result.commit})")
+    if result.space_url:
+        print(f"space: {result.space_url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amalgam", description="Amalgamate several teachers into one student.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("source", help="hf-hub:org/name, org/name, or a folder")
     teacher.add_argument("--revision")
     teacher.set_defaults(func=_cmd_teacher)
+    push = commands.add_parser("push", help="publish a run's student to the Hugging Face Hub, with a model card")
+    push.add_argument("run_dir", help="a run folder (written by `amalgam run` or amalgamate(run_dir=...))")
+    push.add_argument("repo_id", help="the model repo, org/name (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repos private")
+    push.add_argument("--demo", action="store_true", help="also publish a Gradio Space (REPO_ID-demo)")
+    push.add_argument("--space-id", help="the Space's repo id (implies --demo)")
+    push.add_argument("--timm", action="store_true", help="timm's format: loads with timm.create_model alone")
+    push.add_argument("--license", default=DEFAULT_LICENSE, help=f"the card's license id (default {DEFAULT_LICENSE})")
+    push.set_defaults(func=_cmd_push)
     return parser
 
 

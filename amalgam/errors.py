@@ -27,3 +27,7 @@ class MethodError(AmalgamError):
 
 class RecipeError(AmalgamError):
     """A recipe file is malformed or has unknown keys."""
+
+
+class PublishError(AmalgamError):
+    """A run or student could not be prepared for, or pushed to, the Hugging Face Hub."""

@@ -11,7 +11,8 @@ Storage, under the folder given to ``LocalHub``::
     repos/.../lfs/<sha256>                                 content of LFS objects (uploaded with PUT)
 
 Every commit gets a new 40-hex sha and keeps its own manifest, so old revisions resolve after later commits.
-Only the branch ``main`` exists; pull requests (``create_pr=True``) are refused.
+Only the branch ``main`` exists; pull requests (``create_pr=True``) are refused. ``fail_next`` makes chosen
+requests fail, to test what a client does when the Hub breaks in the middle of an upload.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class LocalHub:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request; never any header
         self._lock = threading.RLock()
         self._upload_sig = secrets.token_hex(16)  # plays the role of the signature in a presigned S3 url
+        self._faults: list[list] = []  # [path regex, status, answers left], see fail_next
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -101,6 +103,20 @@ class LocalHub:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    # ---- fault injection ---------------------------------------------------------------------------------------
+    def fail_next(self, path_regex: str, status: int = 500, times: int = 1) -> None:
+        """Answer the next `times` requests whose path matches `path_regex` with `status`, changing nothing."""
+        with self._lock:
+            self._faults.append([re.compile(path_regex), status, times])
+
+    def _take_fault(self, path: str) -> int | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault[2] > 0 and fault[0].search(path):
+                    fault[2] -= 1
+                    return fault[1]
+        return None
 
     # ---- storage -----------------------------------------------------------------------------------------------
     def _dir(self, rtype: str, ns: str, name: str) -> Path:
@@ -261,6 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.requests.append((self.command, url.path))
         body = self._body() if self.command in ("POST", "PUT") else b""
         try:
+            if (status := self.hub._take_fault(url.path)) is not None:
+                raise HubError(status, f"LocalHub: injected failure of {self.command} {url.path}")
             with self.hub._lock:
                 self._route(url.path, parse_qs(url.query), body)
         except Exception as e:  # noqa: BLE001 - any failure becomes an HTTP answer, not a dropped connection
