@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,9 +19,9 @@ from amalgam.engine import (
     TrainConfig, accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions, train,
 )
 from amalgam.engine.trainer import EpochCallback
-from amalgam.errors import DataError, TeacherError
+from amalgam.errors import DataError, MethodError, TeacherError
 from amalgam.knowledge import CachedSignals, LiveSignals, TeacherSignals
-from amalgam.methods import Method, create_method
+from amalgam.methods import LabeledSet, Method, create_method
 from amalgam.students import Student, default_input_size
 from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
@@ -73,6 +74,7 @@ def amalgamate(
     cache_teachers: bool = True,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> AmalgamationResult:
     """Train one student that covers the union of the teachers' classes.
 
@@ -88,6 +90,8 @@ def amalgamate(
         run_dir: where to save ``student/``, ``metrics.json`` and ``run.json`` (nothing saved if ``None``).
         cache_teachers: compute the teachers' logits on the transfer set once, instead of every epoch (used
             when the method needs no intermediate features; the teachers are frozen, so results are the same).
+        should_stop: asked between training batches; when it returns True the run ends, raising
+            :class:`~amalgam.errors.RunCancelled` (``run.json`` stays, nothing else is saved).
 
     Example:
         >>> from amalgam.zoo import build_demo_zoo
@@ -119,6 +123,9 @@ def amalgamate(
         )
 
     visible = stratified_indices(data.train_labels, labeled_fraction, seed)
+    if method_module.requires_labels and not visible.size:
+        raise MethodError(f"method {method!r} fits part of itself on labels: give it a labeled_fraction > 0 "
+                          "(for example 0.02)")
     transfer = RelabeledImages(data.train, label_map, visible=visible)
     test = RelabeledImages(data.test, label_map)
     run_path = Path(run_dir) if run_dir is not None else None
@@ -140,9 +147,12 @@ def amalgamate(
         (run_path / "run.json").write_text(json.dumps(description, indent=2))
 
     signals = _teacher_signals(teachers, method_module, transfer, cache_teachers, progress)
+    if signals is not None and visible.size:
+        method_module.prepare(_labeled_set(transfer, visible, signals))
     history = train(
         student, method_module, signals, transfer, config,
         evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,
+        should_stop=should_stop,
     )
     predictions, targets = student_predictions(student, test)
     metrics = {
@@ -166,6 +176,13 @@ def amalgamate(
         student.save_pretrained(run_path / "student")
         (run_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return AmalgamationResult(student, metrics, label_space, teachers, run_path, history)
+
+
+def _labeled_set(transfer: RelabeledImages, visible: np.ndarray, signals: TeacherSignals) -> LabeledSet:
+    rows = [i for i in visible.tolist() if transfer[i][1] >= 0]  # classes no teacher knows cannot be learned
+    images = torch.stack([transfer[i][0] for i in rows])
+    labels = torch.tensor([transfer[i][1] for i in rows])
+    return LabeledSet(images, labels, signals(images, torch.tensor(rows)))
 
 
 def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, cache: bool,

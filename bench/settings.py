@@ -68,7 +68,7 @@ def _digits_teachers(overlap: bool) -> dict[str, TeacherSpec]:
     }
 
 
-FASHION_BUDGET = TrainConfig(epochs=5, batch_size=128, lr=3e-3)
+FASHION_BUDGET = TrainConfig(epochs=3, batch_size=128, lr=3e-3)
 DIGITS_BUDGET = TrainConfig(epochs=10, batch_size=64, lr=3e-3)
 
 SETTINGS = {

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from amalgam.errors import RunCancelled
 from amalgam.knowledge import IndexedImages, TeacherSignals
 from amalgam.methods.base import Method, StepInputs
 
@@ -54,6 +55,7 @@ def train(
     evaluate: Callable[[nn.Module], float] | None = None,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dict]:
     """Minimise the sum of ``method``'s loss terms over ``transfer``, and return one record per epoch.
 
@@ -61,6 +63,8 @@ def train(
     teachers' outputs for each batch (live or cached; ``None`` for a method without teachers);
     ``evaluate(model)`` (if given) is the test accuracy logged after each epoch, and
     ``on_epoch`` receives each record as it is made (for live plots).
+    ``should_stop`` is asked before each batch; when it returns True, training ends and :class:`RunCancelled`
+    is raised.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -94,10 +98,12 @@ def train(
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False, unit="batch")
         for images, labels, indices in bar:
+            if should_stop is not None and should_stop():
+                raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
             teacher_outputs = signals(images, indices) if signals is not None else []
             with accelerator.autocast():
                 logits = model(images)
-                losses = method(StepInputs(student_logits=logits, teacher_outputs=teacher_outputs, labels=labels))
+                losses = method(StepInputs(logits, teacher_outputs, labels, images))
                 loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)

@@ -1,9 +1,10 @@
 """Amalgamation methods, found by name in a registry. Importing this package registers the built-in ones."""
 
-from amalgam.methods import soft_targets, supervised  # noqa: F401  (register the built-in methods)
-from amalgam.methods.base import Method, StepInputs
+from amalgam.methods import selective, soft_targets, supervised, trust  # noqa: F401  (register the methods)
+from amalgam.methods.base import LabeledSet, Method, StepInputs
 from amalgam.methods.registry import available_methods, create_method, get_method, method_options, register_method
 
 __all__ = [
-    "Method", "StepInputs", "available_methods", "create_method", "get_method", "method_options", "register_method",
+    "LabeledSet", "Method", "StepInputs", "available_methods", "create_method", "get_method", "method_options",
+    "register_method",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import torch
@@ -16,17 +16,24 @@ from amalgam.teachers.teacher import Teacher, TeacherOutput
 class StepInputs:
     """Everything a method may look at for one batch.
 
-    ``labels`` are union-space indices for the labeled fraction and ``UNLABELED`` (-1) elsewhere.
+    ``images`` is the raw ``[0, 1]`` batch; ``labels`` are union-space indices for the labeled fraction and
+    ``UNLABELED`` (-1) elsewhere.
     """
 
     student_logits: torch.Tensor
     teacher_outputs: list[TeacherOutput]
     labels: torch.Tensor
-    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    images: torch.Tensor | None = None
 
-    @property
-    def labeled(self) -> torch.Tensor:
-        return self.labels >= 0
+
+@dataclass
+class LabeledSet:
+    """The labeled fraction of the transfer set, with the teachers' outputs on it, for methods that fit parts of
+    themselves on labels before the student trains (a trust model, a calibration)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    teacher_outputs: list[TeacherOutput]
 
 
 class Method(nn.Module):
@@ -42,6 +49,7 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_teachers: ClassVar[bool] = True  # False for references trained on labels alone
+    requires_labels: ClassVar[bool] = False  # True when prepare() needs a labeled fraction
 
     def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
         super().__init__()
@@ -51,6 +59,9 @@ class Method(nn.Module):
     def teacher_taps(self) -> list[list[str]]:
         """Feature taps to request from each teacher (none by default: logits only)."""
         return [[] for _ in range(self.num_teachers)]
+
+    def prepare(self, labeled: LabeledSet) -> None:
+        """Fit what must be fitted before the student trains (nothing by default); called when the run has labels."""
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

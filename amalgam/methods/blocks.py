@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -64,6 +65,31 @@ def place_logits(logits: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]
         total.index_add_(1, idx, z)
         count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
     return total / count.clamp(min=1)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of ``probs``.
+
+    >>> entropy(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    tensor([0.6931, 0.3251])
+    """
+    return -torch.special.xlogy(probs, probs).sum(dim=-1)
+
+
+def least_entropy_teacher(teacher_logits: Sequence[torch.Tensor], normalize: bool = False) -> torch.Tensor:
+    """Per sample, the index of the teacher whose prediction has the least entropy (shared/METHODS.md §4).
+
+    With ``normalize``, each teacher's entropy is divided by ``log C_k`` (its maximum), so teachers with more
+    classes are not penalised for it.
+
+    >>> least_entropy_teacher([torch.tensor([[0.0, 0.0], [5.0, 0.0]]), torch.tensor([[3.0, 0.0], [0.0, 0.0]])])
+    tensor([1, 0])
+    """
+    scores = []
+    for z in teacher_logits:
+        h = entropy(z.softmax(dim=-1))
+        scores.append(h / math.log(z.shape[-1]) if normalize and z.shape[-1] > 1 else h)
+    return torch.stack(scores, dim=-1).argmin(dim=-1)
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

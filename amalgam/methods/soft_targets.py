@@ -1,10 +1,17 @@
-"""Soft targets over the union label space."""
+"""Targets built from the teachers' probabilities, placed in the union label space with weights.
+
+:class:`WeightedTargets` is the shared mechanism: each teacher's softened probabilities go through its index
+map into the union space and are summed with weights (``place_probabilities``), and the student is distilled
+towards that target. The methods differ only in the weights: fixed (soft targets), one-hot on the least
+uncertain teacher (selective learning), learned trust (the teacher trust learner).
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, StepInputs
@@ -13,9 +20,69 @@ from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
+TARGET_MODES = ("soft", "hard")
+
+
+class WeightedTargets(Method):
+    """Base of the methods whose target is ``q = sum_k w_k(x) * softmax(z_k / tau)`` in the union space.
+
+    Loss: ``soft_weight * tau^2 KL(q || softmax(z_s / tau)) + label_weight * CE(y, z_s)`` on the labeled
+    fraction. With ``target="hard"`` the student learns the argmax of ``q`` instead (cross-entropy, tau = 1).
+    Subclasses implement :meth:`teacher_weights`.
+    """
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        teachers: Sequence[Teacher],
+        temperature: float = 4.0,
+        soft_weight: float = 1.0,
+        label_weight: float = 1.0,
+        target: str = "soft",
+    ) -> None:
+        super().__init__(label_space, teachers)
+        if temperature <= 0:
+            raise MethodError(f"{self.name}: temperature must be positive, got {temperature}")
+        if target not in TARGET_MODES:
+            raise MethodError(f"{self.name}: target must be one of {TARGET_MODES}, got {target!r}")
+        self.temperature = float(temperature)
+        self.soft_weight = float(soft_weight)
+        self.label_weight = float(label_weight)
+        self.target_mode = target
+        for k in range(self.num_teachers):
+            self.register_buffer(f"index_{k}", label_space.index_tensor(k), persistent=False)
+
+    def indices(self) -> list[torch.Tensor]:
+        return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
+
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None) -> torch.Tensor:
+        """``K`` or ``B x K`` weights of the teachers for this batch."""
+        raise NotImplementedError
+
+    def target(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None = None,
+               temperature: float | None = None) -> torch.Tensor:
+        """The combined target over the union classes."""
+        tau = self.temperature if temperature is None else temperature
+        probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
+        weights = self.teacher_weights(teacher_logits, step)
+        return place_probabilities(probs, self.indices(), weights, self.label_space.num_classes)
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        logits = [out.logits for out in step.teacher_outputs]
+        if self.target_mode == "hard":
+            target = self.target(logits, step)
+            hard = F.one_hot(target.argmax(dim=-1), self.label_space.num_classes).to(target.dtype)
+            losses = {"soft": self.soft_weight * kd_loss(step.student_logits, hard, 1.0)}
+        else:
+            target = self.target(logits, step)
+            losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature)}
+        if self.label_weight > 0:
+            losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
+        return losses
+
 
 @register_method
-class SoftTargets(Method):
+class SoftTargets(WeightedTargets):
     """Distil the teachers' averaged softened predictions, placed in the union label space.
 
     Output level of You et al., KDD 2017 (shared/METHODS.md §1): ``p = sum_k w_k softmax(z_k / tau)``
@@ -33,6 +100,7 @@ class SoftTargets(Method):
         weights: one non-negative weight per teacher (normalised to sum 1), default equal.
         soft_weight: ``lambda_ST``.
         label_weight: weight of the cross-entropy on labeled samples (used only when the run has labels).
+        target: ``"soft"``, or ``"hard"`` for the argmax of the combined target.
     """
 
     name = "soft-targets"
@@ -47,57 +115,38 @@ class SoftTargets(Method):
         weights: Sequence[float] | None = None,
         soft_weight: float = 1.0,
         label_weight: float = 1.0,
+        target: str = "soft",
     ) -> None:
-        super().__init__(label_space, teachers)
-        if temperature <= 0:
-            raise MethodError(f"soft-targets: temperature must be positive, got {temperature}")
+        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
         weights = [1.0] * self.num_teachers if weights is None else [float(w) for w in weights]
         if len(weights) != self.num_teachers or min(weights) < 0 or sum(weights) <= 0:
             raise MethodError(
                 f"soft-targets: weights needs {self.num_teachers} non-negative values (one per teacher) with a "
                 f"positive sum, got {weights}"
             )
-        self.temperature = float(temperature)
-        self.soft_weight = float(soft_weight)
-        self.label_weight = float(label_weight)
         self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
-        for k in range(self.num_teachers):
-            self.register_buffer(f"index_{k}", label_space.index_tensor(k), persistent=False)
 
-    def indices(self) -> list[torch.Tensor]:
-        return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
-
-    def target(self, teacher_logits: Sequence[torch.Tensor], temperature: float | None = None) -> torch.Tensor:
-        """The combined soft target over the union classes."""
-        tau = self.temperature if temperature is None else temperature
-        probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
-        return place_probabilities(probs, self.indices(), self.weights, self.label_space.num_classes)
-
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        target = self.target([out.logits for out in step.teacher_outputs])
-        losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature)}
-        if self.label_weight > 0:
-            losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
-        return losses
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None) -> torch.Tensor:
+        return self.weights
 
 
 @register_method
-class ConcatenatedLogits(SoftTargets):
+class ConcatenatedLogits(WeightedTargets):
     """Distil one softmax over the teachers' logits placed side by side (concatenated) in the union space.
 
     The KD target of KamalEngine's amalgamators and of CFL's soft-target term (shared/METHODS.md §0.1, §2):
     ``p = softmax([z_1; ...; z_K] / tau)``. Teachers compete inside one softmax, so a teacher that is
     confidently wrong on a class it never saw wins over the right, less confident one: the baseline the
     selection and trust methods exist to beat. Overlapping classes take the mean of their teachers' logits
-    (a choice of ours: concatenation by position has no meaning there). Options as for ``soft-targets``;
-    ``weights`` is not used.
+    (a choice of ours: concatenation by position has no meaning there). Options as for ``soft-targets``.
     """
 
     name = "concat-logits"
     paper = "Reference target of KamalEngine (Luo et al., IJCAI 2019; Shen et al., AAAI 2019)"
     summary = "One softmax over the teachers' concatenated logits (the naive amalgamation target)."
 
-    def target(self, teacher_logits: Sequence[torch.Tensor], temperature: float | None = None) -> torch.Tensor:
+    def target(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None = None,
+               temperature: float | None = None) -> torch.Tensor:
         tau = self.temperature if temperature is None else temperature
         logits = place_logits(list(teacher_logits), self.indices(), self.label_space.num_classes)
         return (logits / tau).softmax(dim=-1)
