@@ -31,3 +31,7 @@ class RecipeError(AmalgamError):
 
 class PublishError(AmalgamError):
     """A run or student could not be prepared for, or pushed to, the Hugging Face Hub."""
+
+
+class RunCancelled(AmalgamError):
+    """A run was stopped on request (its ``should_stop`` returned True) before it finished."""
