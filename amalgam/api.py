@@ -16,7 +16,8 @@ from torch import nn
 
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
 from amalgam.engine import (
-    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions, train,
+    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions,
+    target_accuracy, train,
 )
 from amalgam.engine.trainer import EpochCallback
 from amalgam.errors import DataError, MethodError, TeacherError
@@ -164,6 +165,7 @@ def amalgamate(
             "confusion": confusion_matrix(predictions, targets, label_space.num_classes),
         },
         **evaluate_teachers(teachers, label_space, test),
+        "method_target": {"accuracy": target_accuracy(method_module.to(teachers[0].device).eval(), teachers, test)},
         "test_samples": int(targets.numel()),
         "excluded_test_samples": int(sum(1 for y in data.test_labels if label_map[int(y)] < 0)),
         "method": method,
@@ -208,6 +210,9 @@ def format_results(metrics: Mapping[str, Any]) -> str:
     union = f"all union classes ({metrics['test_samples']} images)"
     rows.append(("teachers together (mean)", union, f"{metrics['ensemble']['accuracy']:.4f}"))
     rows.append(("teachers concatenated", union, f"{metrics['concatenated']['accuracy']:.4f}"))
+    if metrics.get("method_target", {}).get("accuracy") is not None:
+        rows.append((f"teachers combined by {metrics['method']}", union,
+                     f"{metrics['method_target']['accuracy']:.4f}"))
     rows.append(("teacher oracle (reference)", union, f"{metrics['oracle']['accuracy']:.4f}"))
     student = metrics["student"]
     rows.append((f"student {student['architecture']}", union, f"{student['accuracy']:.4f}"))

@@ -6,7 +6,8 @@
 Rows: the student trained with all labels (the ceiling for this student and budget) and with only the 2%
 labels; every method in the registry (so a new method appears here by registering); and, from the teachers
 alone, the oracle (each test image sent to a teacher that knows its class), the teachers' concatenated logits
-as one classifier, and their mean probabilities. Writes ``bench/results/quality-<setting>.md`` (the table),
+as one classifier, and their mean probabilities. "Its target's accuracy" is how often the teachers combined
+by the method (the target the student learns) get the test image right: the ceiling the method aims at. Writes ``bench/results/quality-<setting>.md`` (the table),
 ``.json`` (all numbers, per-class accuracy and confusion matrices), ``.png`` (bar plot) and
 ``-confusion.png`` (the student's confusion matrix for each trained row, seed 0).
 """
@@ -70,6 +71,7 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
         runs[row.label].append({
             "seed": seed, "accuracy": metrics["student"]["accuracy"], "seconds": time.perf_counter() - started,
             "per_class": metrics["student"]["per_class"], "confusion": metrics["student"]["confusion"],
+            "target_accuracy": metrics.get("method_target", {}).get("accuracy"),
         })
         if progress:
             tqdm.write(f"{row.label:<28} seed {seed}  accuracy {metrics['student']['accuracy']:.4f}")
@@ -94,23 +96,26 @@ def table(results: dict) -> str:
     """The markdown table of a :func:`run_setting` result."""
     seeds = len(results["rows"][0]["runs"])
     lines = [
-        f"| row | kind | labels the student saw | accuracy (mean ± std, {seeds} seeds) | wall time per run (s) |",
-        "|---|---|---|---|---|",
+        f"| row | kind | labels the student saw | accuracy (mean ± std, {seeds} seeds) | its target's accuracy "
+        "| wall time per run (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         mean, std = _mean_std([r["accuracy"] for r in row["runs"]])
         seconds = statistics.median(r["seconds"] for r in row["runs"])
         kind = "reference" if row["reference"] else "method"
         labels = "all" if row["labeled_fraction"] == 1.0 else f"{row['labeled_fraction']:.0%}"
-        lines.append(f"| {row['label']} | {kind} | {labels} | {mean:.4f} ± {std:.4f} | {seconds:.0f} |")
+        targets = [r["target_accuracy"] for r in row["runs"] if r.get("target_accuracy") is not None]
+        target = f"{statistics.fmean(targets):.4f}" if targets else "—"
+        lines.append(f"| {row['label']} | {kind} | {labels} | {mean:.4f} ± {std:.4f} | {target} | {seconds:.0f} |")
     tm = results["teacher_metrics"]
     for label, value in (("teacher oracle", tm["oracle"]["accuracy"]),
                          ("teachers' concatenated logits (one classifier)", tm["concatenated"]["accuracy"]),
                          ("teachers' mean probabilities", tm["ensemble"]["accuracy"])):
-        lines.append(f"| {label} | teachers | — | {value:.4f} | — |")
+        lines.append(f"| {label} | teachers | — | {value:.4f} | — | — |")
     for name, own in tm["teachers"].items():
         lines.append(f"| teacher {name}, on its own classes only | teachers | — | "
-                     f"{own['accuracy_on_own_classes']:.4f} | — |")
+                     f"{own['accuracy_on_own_classes']:.4f} | — | — |")
     return "\n".join(lines)
 
 

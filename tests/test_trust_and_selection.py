@@ -82,7 +82,7 @@ def test_trust_model_fitted_on_few_labels_tells_which_teacher_knows_the_class(de
     method.prepare(LabeledSet(images, labels, [t(images) for t in teachers]))
     test_images = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
     test_logits = [t(test_images).logits for t in teachers]
-    trust = method.teacher_weights(test_logits, StepInputs(torch.zeros(1), [], torch.zeros(1), test_images))
+    trust = method.teacher_weights(test_logits, test_images)
     owner = torch.as_tensor(digits.test_labels >= 5).long()  # teacher 1 knows 5-9
     assert (trust.argmax(dim=-1) == owner).float().mean() > 0.9
     assert not any(p.requires_grad for p in method.trust.parameters())  # frozen once fitted

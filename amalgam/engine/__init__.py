@@ -1,6 +1,8 @@
 """Engine: training on accelerate, evaluation."""
 
-from amalgam.engine.evaluate import accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions
+from amalgam.engine.evaluate import (
+    accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions, target_accuracy,
+)
 from amalgam.engine.trainer import TrainConfig, train
 
-__all__ = ["TrainConfig", "accuracy", "confusion_matrix", "evaluate_teachers", "per_class_accuracy", "student_predictions", "train"]
+__all__ = ["TrainConfig", "accuracy", "confusion_matrix", "evaluate_teachers", "per_class_accuracy", "student_predictions", "target_accuracy", "train"]

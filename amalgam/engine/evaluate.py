@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from amalgam.methods.base import Method
 from amalgam.methods.blocks import place_logits, place_probabilities
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
@@ -58,6 +59,24 @@ def per_class_accuracy(predictions: torch.Tensor, targets: torch.Tensor, class_n
         if mask.any():
             result[name] = float((predictions[mask] == j).float().mean())
     return result
+
+
+@torch.no_grad()
+def target_accuracy(method: Method, teachers: Sequence[Teacher], data: Dataset) -> float | None:
+    """Accuracy of the method's combined teacher target (argmax) on union-mapped ``data``, if it has one."""
+    device = teachers[0].device
+    correct = total = 0
+    for images, labels in _batches(data, device):
+        keep = labels >= 0
+        images, labels = images[keep], labels[keep]
+        if not len(labels):
+            continue
+        target = method.combined_target([teacher(images).logits for teacher in teachers], images)
+        if target is None:
+            return None
+        correct += int((target.argmax(-1) == labels).sum())
+        total += len(labels)
+    return correct / max(1, total)
 
 
 @torch.no_grad()

@@ -60,6 +60,13 @@ class Method(nn.Module):
         """Feature taps to request from each teacher (none by default: logits only)."""
         return [[] for _ in range(self.num_teachers)]
 
+    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor | None:
+        """The teachers combined into this method's target over the union classes, if it has one.
+
+        Evaluated on the test split (``metrics["method_target"]``): how good the target the student learns is.
+        """
+        return None
+
     def prepare(self, labeled: LabeledSet) -> None:
         """Fit what must be fitted before the student trains (nothing by default); called when the run has labels."""
 

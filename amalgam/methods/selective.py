@@ -7,7 +7,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from amalgam.methods.base import StepInputs
 from amalgam.methods.blocks import least_entropy_teacher
 from amalgam.methods.registry import register_method
 from amalgam.methods.soft_targets import WeightedTargets
@@ -50,6 +49,6 @@ class SelectiveLearning(WeightedTargets):
         super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
         self.normalize_entropy = bool(normalize_entropy)
 
-    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None) -> torch.Tensor:
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         chosen = least_entropy_teacher(teacher_logits, normalize=self.normalize_entropy)
         return F.one_hot(chosen, self.num_teachers).to(teacher_logits[0].dtype)

@@ -55,26 +55,28 @@ class WeightedTargets(Method):
     def indices(self) -> list[torch.Tensor]:
         return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
 
-    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None) -> torch.Tensor:
-        """``K`` or ``B x K`` weights of the teachers for this batch."""
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
+        """``K`` or ``B x K`` weights of the teachers for this batch (``images``: the raw batch)."""
         raise NotImplementedError
 
-    def target(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None = None,
+    def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
                temperature: float | None = None) -> torch.Tensor:
         """The combined target over the union classes."""
         tau = self.temperature if temperature is None else temperature
         probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
-        weights = self.teacher_weights(teacher_logits, step)
+        weights = self.teacher_weights(teacher_logits, images)
         return place_probabilities(probs, self.indices(), weights, self.label_space.num_classes)
+
+    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        return self.target(teacher_logits, images)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
+        target = self.target(logits, step.images)
         if self.target_mode == "hard":
-            target = self.target(logits, step)
             hard = F.one_hot(target.argmax(dim=-1), self.label_space.num_classes).to(target.dtype)
             losses = {"soft": self.soft_weight * kd_loss(step.student_logits, hard, 1.0)}
         else:
-            target = self.target(logits, step)
             losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature)}
         if self.label_weight > 0:
             losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
@@ -126,7 +128,7 @@ class SoftTargets(WeightedTargets):
             )
         self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
 
-    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None) -> torch.Tensor:
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         return self.weights
 
 
@@ -145,7 +147,7 @@ class ConcatenatedLogits(WeightedTargets):
     paper = "Reference target of KamalEngine (Luo et al., IJCAI 2019; Shen et al., AAAI 2019)"
     summary = "One softmax over the teachers' concatenated logits (the naive amalgamation target)."
 
-    def target(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None = None,
+    def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
                temperature: float | None = None) -> torch.Tensor:
         tau = self.temperature if temperature is None else temperature
         logits = place_logits(list(teacher_logits), self.indices(), self.label_space.num_classes)

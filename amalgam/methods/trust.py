@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import LabeledSet, StepInputs
+from amalgam.methods.base import LabeledSet
 from amalgam.methods.registry import register_method
 from amalgam.methods.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
@@ -140,9 +140,8 @@ class TeacherTrustLearner(WeightedTargets):
         self.trust.eval().requires_grad_(False)
         self.fitted = True
 
-    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], step: StepInputs | None) -> torch.Tensor:
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         if not self.fitted:
             raise MethodError("trust-learner: the trust model is not fitted; the run needs a labeled_fraction > 0")
         with torch.no_grad():
-            images = step.images if step is not None else None
             return trust_weights(self.trust(images, teacher_logits), self.trust_norm)
