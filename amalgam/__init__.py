@@ -10,7 +10,7 @@ Example:
 from amalgam.api import AmalgamationResult, amalgamate, format_results
 from amalgam.data import ImageData, load_data
 from amalgam.errors import (
-    AmalgamError, DataError, LabelSpaceError, MethodError, PublishError, RecipeError, TeacherError,
+    AmalgamError, DataError, LabelSpaceError, MethodError, PublishError, RecipeError, RunCancelled, TeacherError,
 )
 from amalgam.methods import available_methods, register_method
 from amalgam.students import Student
@@ -21,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmalgamError", "AmalgamationResult", "DataError", "ImageData", "ImageSpec", "LabelSpace", "LabelSpaceError",
-    "MethodError", "PublishError", "RecipeError", "Student", "Teacher", "TeacherError", "amalgamate", "available_methods",
+    "MethodError", "PublishError", "RecipeError", "RunCancelled", "Student", "Teacher", "TeacherError", "amalgamate", "available_methods",
     "build_demo_zoo", "format_results", "load_data", "load_teacher", "register_method",
 ]

@@ -1,0 +1,277 @@
+"""Runs in the app: a queue of background amalgamations with a concurrency limit, and the runs saved on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from amalgam.api import DEFAULT_STUDENT, amalgamate
+from amalgam.app.teachers import TeacherCatalog
+from amalgam.errors import AmalgamError, DataError, MethodError, RunCancelled, TeacherError
+from amalgam.methods.registry import method_options
+
+logger = logging.getLogger(__name__)
+
+QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a user asked for: teacher sources, data, method and training budget (``amalgamate``'s arguments).
+
+    Example:
+        >>> RunRequest(teachers=(), data="digits").check()
+        Traceback (most recent call last):
+        ...
+        amalgam.errors.TeacherError: add at least one teacher before starting a run
+    """
+
+    teachers: tuple[str, ...]
+    data: str
+    method: str = "soft-targets"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    labeled_fraction: float = 0.0
+    epochs: int = 5
+    lr: float = 3e-3
+    student: str = DEFAULT_STUDENT
+
+    def check(self) -> None:
+        """Refuse what would fail only later, in the background: no teachers, bad options, budget out of range."""
+        if not self.teachers:
+            raise TeacherError("add at least one teacher before starting a run")
+        accepted = method_options(self.method)  # also refuses an unknown method
+        unknown = sorted(set(self.method_options) - set(accepted))
+        if unknown:
+            raise MethodError(f"method {self.method!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+        if not 0.0 <= self.labeled_fraction <= 1.0:
+            raise DataError(f"the labeled fraction must be within [0, 1], got {self.labeled_fraction}")
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise AmalgamError(f"epochs must be a whole number of at least 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise AmalgamError(f"the learning rate must be positive, got {self.lr}")
+
+
+@dataclass
+class RunState:
+    """A run the app started: its status, per-epoch history (appended as training goes) and outcome."""
+
+    run_id: str
+    request: RunRequest
+    run_dir: Path
+    status: str = QUEUED
+    history: list[dict] = field(default_factory=list)
+    message: str = ""
+    metrics: dict | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.ended.is_set()
+
+    @property
+    def fraction(self) -> float:
+        """How much of the training is done, from 0 to 1."""
+        return 1.0 if self.status == FINISHED else len(self.history) / self.request.epochs
+
+    def describe(self) -> str:
+        """One line for people: where the run stands."""
+        epochs = self.request.epochs
+        if self.status == QUEUED:
+            return "queued: waiting for a free slot"
+        if self.status == RUNNING:
+            if not self.history:
+                return f"running: preparing data and teachers' outputs, then epoch 1/{epochs}"
+            last = self.history[-1]
+            step = f"epoch {last['epoch']}/{epochs} done · loss {last['loss']:.4f}"
+            if "test_accuracy" in last:
+                step += f" · test accuracy {last['test_accuracy']:.4f}"
+            return f"running: {step}"
+        if self.status == FINISHED and self.metrics is not None:
+            return f"finished: student accuracy {self.metrics['student']['accuracy']:.4f}"
+        return f"{self.status}: {self.message}"
+
+
+class RunManager:
+    """Runs ``amalgamate`` in background threads, at most ``max_concurrent`` at once; the rest wait in a queue.
+
+    Each run saves into ``runs_dir/<run id>`` (``run.json``, ``metrics.json``, ``student/``), so the runs outlive
+    the app; :func:`list_runs` reads them back.
+
+    Example:
+        >>> manager = RunManager("runs", max_concurrent=1)
+        >>> state = manager.submit(RunRequest(teachers=("zoo/cnn",), data="digits", epochs=1))  # doctest: +SKIP
+        >>> manager.cancel(state.run_id)  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, runs_dir: str | Path, max_concurrent: int = 1, max_waiting: int = 8,
+                 catalog: TeacherCatalog | None = None) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.max_waiting = max_waiting
+        self.catalog = catalog or TeacherCatalog()
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="amalgam-run")
+        self._runs: dict[str, RunState] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, request: RunRequest) -> RunState:
+        """Check ``request`` and queue it; returns its state at once (the run goes on in the background)."""
+        request.check()
+        with self._lock:
+            waiting = sum(1 for state in self._runs.values() if state.status == QUEUED)
+            if waiting >= self.max_waiting:
+                raise AmalgamError(f"{waiting} runs are already waiting; try again when one has started")
+            run_id = self._new_run_id(request)
+            state = RunState(run_id, request, self.runs_dir / run_id)
+            self._runs[run_id] = state
+        self._pool.submit(self._run, state)
+        return state
+
+    def get(self, run_id: str) -> RunState | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def live(self) -> list[RunState]:
+        """Runs that are queued or running."""
+        with self._lock:
+            return [state for state in self._runs.values() if not state.done]
+
+    def cancel(self, run_id: str) -> bool:
+        """Ask run ``run_id`` to stop (a queued run never starts); False if it is unknown or already over."""
+        state = self.get(run_id)
+        if state is None or state.done:
+            return False
+        state.cancel_requested.set()
+        return True
+
+    def shutdown(self) -> None:
+        """Cancel every live run and wait for the threads to end (used when the app closes)."""
+        for state in self.live():
+            state.cancel_requested.set()
+        self._pool.shutdown(wait=True)
+
+    def _new_run_id(self, request: RunRequest) -> str:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        data = Path(request.data).name if Path(request.data).is_dir() else request.data
+        base = _UNSAFE.sub("-", f"{stamp}-{request.method}-{data}").strip("-")
+        run_id, n = base, 1
+        while run_id in self._runs or (self.runs_dir / run_id).exists():
+            n += 1
+            run_id = f"{base}-{n}"
+        return run_id
+
+    def _run(self, state: RunState) -> None:
+        request = state.request
+        try:
+            if state.cancel_requested.is_set():
+                raise RunCancelled("cancelled before it started")
+            state.status = RUNNING
+            teachers = [self.catalog.load(source) for source in request.teachers]
+            result = amalgamate(
+                teachers, student=request.student, data=request.data, method=request.method,
+                method_options=dict(request.method_options), labeled_fraction=request.labeled_fraction,
+                epochs=int(request.epochs), lr=request.lr, run_dir=state.run_dir, progress=False,
+                on_epoch=state.history.append, should_stop=state.cancel_requested.is_set,
+            )
+            state.metrics = result.metrics
+            state.status = FINISHED
+        except RunCancelled as err:
+            state.status, state.message = CANCELLED, str(err)
+        except AmalgamError as err:
+            state.status, state.message = FAILED, str(err)
+        except Exception as err:  # noqa: BLE001 - a background run must end with a status, whatever went wrong
+            logger.exception("run %s failed", state.run_id)
+            state.status, state.message = FAILED, f"{type(err).__name__}: {err}"
+        finally:
+            state.ended.set()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run folder on disk, as the run list shows it."""
+
+    run_id: str
+    path: Path
+    created: str
+    method: str
+    data: str
+    teachers: tuple[str, ...]
+    accuracy: float | None  # the student's; None while the run is unfinished (running, failed or cancelled)
+
+    @property
+    def finished(self) -> bool:
+        return self.accuracy is not None
+
+    @property
+    def label(self) -> str:
+        outcome = f"student {self.accuracy:.3f}" if self.finished else "unfinished"
+        return f"{self.run_id} · {' + '.join(self.teachers)} · {outcome}"
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict | None]:
+    """``run.json`` and ``metrics.json`` of a run folder (``None`` for metrics the run has not written yet).
+
+    >>> read_run(Path("no/such/run"))
+    Traceback (most recent call last):
+    ...
+    amalgam.errors.AmalgamError: no/such/run is not a run folder: it has no readable run.json
+    """
+    try:
+        description = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        raise AmalgamError(f"{run_dir} is not a run folder: it has no readable run.json") from None
+    metrics_file = run_dir / "metrics.json"
+    has_student = (run_dir / "student" / "model.safetensors").is_file()
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() and has_student else None
+    return description, metrics
+
+
+def list_runs(runs_dir: str | Path) -> list[RunSummary]:
+    """The run folders under ``runs_dir`` (those with a ``run.json``), newest first.
+
+    Example:
+        >>> list_runs("no/such/folder")
+        []
+    """
+    summaries = []
+    for run_json in Path(runs_dir).glob("*/run.json"):
+        try:
+            description, metrics = read_run(run_json.parent)
+            summaries.append(RunSummary(
+                run_id=run_json.parent.name,
+                path=run_json.parent,
+                created=str(description.get("created", "")),
+                method=description["method"]["name"],
+                data=str(description["data"]["name"]),
+                teachers=tuple(t["name"] for t in description["teachers"]),
+                accuracy=float(metrics["student"]["accuracy"]) if metrics else None,
+            ))
+        except (AmalgamError, ValueError, KeyError, TypeError) as err:
+            logger.warning("skipping %s: %s", run_json.parent, err)  # one damaged folder must not hide the others
+    return sorted(summaries, key=lambda s: (s.created, s.run_id), reverse=True)
+
+
+def run_folder(runs_dir: str | Path, run_id: str | None) -> Path:
+    """The folder of run ``run_id`` directly under ``runs_dir``; the id comes from the page, so it is checked.
+
+    >>> run_folder("runs", "20250101-120000-soft-targets-digits").as_posix()
+    'runs/20250101-120000-soft-targets-digits'
+    >>> run_folder("runs", "../etc")
+    Traceback (most recent call last):
+    ...
+    amalgam.errors.AmalgamError: '../etc' is not a run of this app; choose one from the list of runs
+    """
+    if not run_id:
+        raise AmalgamError("choose a run first (start one, or pick one from the list of runs)")
+    if not _RUN_ID.match(run_id):
+        raise AmalgamError(f"{run_id!r} is not a run of this app; choose one from the list of runs")
+    return Path(runs_dir) / run_id

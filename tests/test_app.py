@@ -1,0 +1,302 @@
+"""The Gradio app: driven through gradio_client against the app served on 127.0.0.1 by this process, and its
+logic (run queue and cancellation, run listing, zip uploads, image conversion) tested directly.
+
+Publishing runs ``python app.py`` in a subprocess, because huggingface_hub reads HF_ENDPOINT when it is
+imported: that app talks to tests/hubserver.py, lists the runs the first app saved (they survive a restart), and
+must never print the token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from amalgam.app import RunManager, RunRequest, build_app, image_to_batch, list_runs, sample_image
+from amalgam.app.data import ZIP_UPLOAD, extract_image_zip
+from amalgam.app.predict import batch_to_image
+from amalgam.app.runs import CANCELLED, QUEUED
+from amalgam.data import load_data
+from amalgam.errors import DataError, MethodError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hubserver import LocalHub, client_env  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DIGITS = [str(d) for d in range(10)]
+TOKEN = "hf_appTestToken0123456789abcdef"
+# start_run's inputs after the chosen teachers (kept in the session): data kind, Hub id or folder, zip, method,
+# method options, labeled fraction, epochs, learning rate, student.
+DIGITS_RUN = ("digits", "", None, "soft-targets", '{"temperature": 4.0}', 0.0, 2, 0.01, "test_efficientnet")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app-runs")
+
+
+@pytest.fixture(scope="module")
+def client(demo_zoo, runs_dir) -> Client:
+    manager = RunManager(runs_dir)
+    app = build_app(runs_dir, manager)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield Client(app.local_url, verbose=False)
+    app.close()
+    manager.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished_run(client, runs_dir) -> dict:
+    """The two demo teachers added in the page, then a 2-epoch run on digits, watched until it ends."""
+    _, union, message = client.predict(api_name="/add_demo_teachers")
+    assert "Added the 2 demo teachers" in message and "10 classes" in union
+    picker, started = client.predict(*DIGITS_RUN, api_name="/start_run")
+    run_id = picker["value"]
+    assert run_id in started
+    updates = list(client.submit(run_id, api_name="/watch_run"))  # every state the page was shown
+    progress, status, _, curves, results, per_class, *_ = updates[-1]
+    return {"run_id": run_id, "updates": updates, "progress": progress, "status": status, "curves": curves,
+            "results": results, "per_class": per_class}
+
+
+def test_demo_teachers_and_union_label_space(client, finished_run):
+    table, union, _ = client.predict(api_name="/add_demo_teachers")  # already chosen: added once only
+    rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
+    assert set(rows) == {"cnn-digits-0to4", "vit-digits-5to9"}
+    assert rows["cnn-digits-0to4"]["architecture"] == "test_resnet"
+    assert rows["cnn-digits-0to4"]["input"] == "grey 32x32"
+    assert rows["vit-digits-5to9"]["library"] == "transformers"
+    assert rows["vit-digits-5to9"]["input"] == "RGB 16x16"
+    assert rows["vit-digits-5to9"]["classes"] == "5, 6, 7, 8, 9"
+    assert rows["cnn-digits-0to4"]["parameters"].endswith(" k")
+    assert "**Union label space: 10 classes** from 2 teachers, 0 shared" in union
+
+
+def test_a_run_is_watched_to_its_end_and_its_results_shown(finished_run, runs_dir):
+    metrics = json.loads((runs_dir / finished_run["run_id"] / "metrics.json").read_text())
+    accuracy = metrics["student"]["accuracy"]
+    assert accuracy > 0.5  # chance is 0.1
+    assert f"finished, student accuracy **{accuracy:.4f}**" in finished_run["status"]
+    assert 'aria-valuenow="100"' in finished_run["progress"]
+    assert any("running" in update[1] for update in finished_run["updates"][:-1])  # it was watched live
+    assert [row[0] for row in finished_run["curves"]["data"]] == [1, 2]  # one point per epoch
+    assert re.search(rf"student test_efficientnet +all union classes \(360 images\) +{accuracy:.4f}",
+                     finished_run["results"])
+    per_class = {row[0]: row[1] for row in finished_run["per_class"]["data"]}
+    assert set(per_class) == set(DIGITS)
+    assert per_class["3"] == pytest.approx(metrics["student"]["per_class"]["3"], abs=1e-4)
+
+
+def test_the_student_and_teachers_classify_an_uploaded_image(client, finished_run, tmp_path):
+    image, label = sample_image("digits", index=5)
+    path = tmp_path / "digit.png"
+    image.save(path)
+    student, answers, message = client.predict(finished_run["run_id"], handle_file(str(path)), api_name="/predict")
+    assert student["label"] in DIGITS
+    assert f"The student says **{student['label']}**" in message
+    models = [row[0] for row in answers["data"]]
+    assert models == ["student test_efficientnet", "teacher cnn-digits-0to4", "teacher vit-digits-5to9"]
+    teacher_top = {row[0]: row[1].split(" ")[0] for row in answers["data"]}
+    assert teacher_top["teacher cnn-digits-0to4"] in DIGITS[:5]  # each teacher answers in its own classes
+    assert teacher_top["teacher vit-digits-5to9"] in DIGITS[5:]
+    assert all(row[2] > 0 for row in answers["data"])  # milliseconds each took
+
+    sample_path, note = client.predict(finished_run["run_id"], api_name="/sample_image")
+    assert re.search(r"its true class is \*\*\d\*\*", note) and Path(sample_path).is_file()
+
+
+def test_bad_input_shows_a_message_and_the_app_goes_on(client, finished_run, demo_zoo, tmp_path):
+    *_, message = client.predict("no-such-org/no-such-model", api_name="/add_teacher")
+    assert message.startswith("**Error:**") and "'no-such-org/no-such-model'" in message
+    *_, message = client.predict("not a source!", api_name="/add_teacher")
+    assert "unknown teacher source 'not a source!'" in message
+    nameless = tmp_path / "nameless-teacher"
+    shutil.copytree(demo_zoo[0], nameless)
+    config = json.loads((nameless / "config.json").read_text())
+    del config["label_names"]
+    (nameless / "config.json").write_text(json.dumps(config))
+    *_, message = client.predict(str(nameless), api_name="/add_teacher")
+    assert "has no class names in its files" in message
+
+    zip_run = (ZIP_UPLOAD, "", None, *DIGITS_RUN[3:])
+    _, message = client.predict(*zip_run, api_name="/start_run")
+    assert "choose a zip file of an image folder" in message
+    (tmp_path / "empty.zip").write_bytes(b"")
+    _, message = client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "empty.zip")), *DIGITS_RUN[3:],
+                                api_name="/start_run")
+    assert "empty.zip is not a zip archive" in message
+    with zipfile.ZipFile(tmp_path / "no-images.zip", "w") as archive:
+        archive.writestr("cats/notes.txt", "not an image")
+    _, message = client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "no-images.zip")), *DIGITS_RUN[3:],
+                                api_name="/start_run")
+    assert "holds images of 0 class folder(s)" in message
+    (tmp_path / "notes.txt").write_text("not a zip")
+    with pytest.raises(AppError, match="Invalid file type"):  # Gradio refuses it before the app sees it
+        client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "notes.txt")), *DIGITS_RUN[3:],
+                       api_name="/start_run")
+    _, message = client.predict(*DIGITS_RUN[:4], '{"temprature": 2}', *DIGITS_RUN[5:], api_name="/start_run")
+    assert "has no option(s) ['temprature']" in message
+
+    student, _, message = client.predict(finished_run["run_id"], None, api_name="/predict")
+    assert "upload an image" in message and not student.get("label")
+    image, _ = sample_image("digits", index=0)
+    image.save(tmp_path / "digit.png")
+    *_, message = client.predict("../../etc", handle_file(str(tmp_path / "digit.png")), api_name="/predict")
+    assert "'../../etc' is not a run of this app" in message
+    student, _, _ = client.predict(finished_run["run_id"], handle_file(str(tmp_path / "digit.png")),
+                                   api_name="/predict")
+    assert student["label"] in DIGITS  # still serving
+
+
+def test_publish_errors_show_in_the_page_without_the_token(client, finished_run, capfd):
+    message = client.predict(finished_run["run_id"], "org/student", "", False, True, api_name="/publish")
+    assert "enter a Hugging Face token" in message
+    message = client.predict(finished_run["run_id"], "not a repo id", TOKEN, False, True, api_name="/publish")
+    assert "malformed Hub repo id 'not a repo id'" in message
+    message = client.predict(finished_run["run_id"], "org/student", TOKEN, False, True, api_name="/publish")
+    assert "pushing the model org/student failed" in message  # this process is offline (HF_HUB_OFFLINE=1)
+    captured = capfd.readouterr()
+    assert TOKEN not in message + captured.out + captured.err
+
+
+def test_restarted_app_lists_past_runs_and_publishes_to_the_hub(finished_run, runs_dir, tmp_path):
+    port = free_port()
+    launch = ("import logging, runpy, sys; logging.basicConfig(level=logging.DEBUG); "
+              f"sys.argv = ['app.py', '--runs-dir', {str(runs_dir)!r}, '--port', '{port}']; "
+              "runpy.run_path('app.py', run_name='__main__')")  # DEBUG logging: any log of the token would show
+    with LocalHub(tmp_path / "hub") as hub, open(tmp_path / "app.log", "w+") as log:
+        process = subprocess.Popen([sys.executable, "-c", launch], cwd=REPO_ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, env=client_env(hub.endpoint, tmp_path / "hf-home"))
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(url).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, "python app.py did not start"
+                time.sleep(0.5)
+            restarted = Client(url, verbose=False)
+            choices = restarted.predict(None, api_name="/list_runs")["choices"]
+            labels = {value: label for label, value in choices}
+            assert re.search(r" · student 0\.\d{3}$", labels[finished_run["run_id"]])
+            message = restarted.predict(finished_run["run_id"], "org/digits-student", TOKEN, False, True,
+                                        api_name="/publish")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+    assert f"[{hub.endpoint}/org/digits-student]" in message
+    assert f"[{hub.endpoint}/spaces/org/digits-student-demo]" in message
+    assert (tmp_path / "hub" / "repos" / "models" / "org" / "digits-student").is_dir()
+    assert TOKEN not in output
+
+
+# ---- the app's logic, directly
+
+
+def test_run_listing_reads_the_run_folders(finished_run, runs_dir, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / finished_run["run_id"], runs / "finished")
+    unfinished = runs / "unfinished"
+    unfinished.mkdir()
+    description = json.loads((runs / "finished" / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**description, "created": "2999-01-01T00:00:00+00:00"}))
+    (runs / "damaged").mkdir()
+    (runs / "damaged" / "run.json").write_text("{not json")
+    (runs / "not-a-run").mkdir()
+
+    summaries = list_runs(runs)
+    assert [s.run_id for s in summaries] == ["unfinished", "finished"]  # newest first; damaged one skipped
+    assert summaries[0].accuracy is None and summaries[0].label.endswith("unfinished")
+    metrics = json.loads((runs / "finished" / "metrics.json").read_text())
+    assert summaries[1].accuracy == metrics["student"]["accuracy"]
+    assert summaries[1].teachers == ("cnn-digits-0to4", "vit-digits-5to9")
+    assert (summaries[1].method, summaries[1].data) == ("soft-targets", "digits")
+
+
+def test_run_manager_queues_beyond_its_limit_and_cancels(demo_zoo, tmp_path):
+    manager = RunManager(tmp_path / "runs", max_concurrent=1)
+    teachers = tuple(str(folder) for folder in demo_zoo)
+    try:
+        long_run = manager.submit(RunRequest(teachers, "digits", epochs=200))
+        waiting = manager.submit(RunRequest(teachers, "digits", epochs=1))
+        deadline = time.monotonic() + 120
+        while not long_run.history:  # cancel once training is under way
+            assert time.monotonic() < deadline and not long_run.done, long_run.describe()
+            time.sleep(0.1)
+        assert waiting.status == QUEUED  # one run at a time
+        assert manager.cancel(waiting.run_id) and manager.cancel(long_run.run_id)
+        assert long_run.ended.wait(60) and waiting.ended.wait(60)
+    finally:
+        manager.shutdown()
+    assert long_run.status == CANCELLED and "training was cancelled in epoch" in long_run.message
+    assert len(long_run.history) < 200
+    assert (long_run.run_dir / "run.json").is_file() and not (long_run.run_dir / "metrics.json").exists()
+    assert waiting.status == CANCELLED and "before it started" in waiting.message
+    assert not waiting.run_dir.exists()
+    assert not manager.cancel(long_run.run_id)  # over already
+    assert [s.run_id for s in list_runs(tmp_path / "runs")] == [long_run.run_id]
+    assert list_runs(tmp_path / "runs")[0].accuracy is None
+
+
+def test_run_request_is_checked_before_it_is_queued():
+    with pytest.raises(MethodError, match="no option"):
+        RunRequest(("zoo/a",), "digits", method_options={"temprature": 1}).check()
+    with pytest.raises(MethodError, match="unknown method"):
+        RunRequest(("zoo/a",), "digits", method="no-such-method").check()
+    with pytest.raises(DataError, match="labeled fraction"):
+        RunRequest(("zoo/a",), "digits", labeled_fraction=1.5).check()
+
+
+def test_zip_of_an_image_folder_is_unpacked_safely(tmp_path):
+    data = load_data("digits")
+    archive = tmp_path / "digits.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for index in range(12):
+            image, label = data.test[index]
+            path = tmp_path / "image.png"
+            batch_to_image(image).save(path)
+            zipped.write(path, f"digits/{data.class_names[label]}/{index}.png")
+        zipped.writestr("digits/README.txt", "ignored: not an image")
+    folder = extract_image_zip(archive, tmp_path / "uploads")
+    assert sorted(p.name for p in folder.iterdir()) == sorted({data.class_names[data.test[i][1]] for i in range(12)})
+    assert extract_image_zip(archive, tmp_path / "uploads") == folder  # the same upload is not unpacked twice
+
+    with zipfile.ZipFile(tmp_path / "escape.zip", "w") as zipped:
+        zipped.writestr("../0/a.png", b"x")
+        zipped.writestr("../1/b.png", b"x")
+    with pytest.raises(DataError, match="not inside a class folder"):
+        extract_image_zip(tmp_path / "escape.zip", tmp_path / "uploads")
+    assert not (tmp_path / "0").exists()
+
+
+def test_an_image_becomes_the_raw_batch_the_run_trained_on():
+    data = load_data("digits")
+    image, _ = data.test[3]
+    batch = image_to_batch(batch_to_image(image), channels=1, max_side=32)
+    assert batch.dtype == torch.float32 and batch.shape == (1, 1, 8, 8)
+    assert torch.equal(batch[0], image)  # uint8 data survives the round trip through a PNG-able image exactly
+    rgb = image_to_batch(batch_to_image(torch.rand(3, 100, 50)), channels=3, max_side=40)
+    assert rgb.shape == (1, 3, 40, 20) and 0.0 <= rgb.min() and rgb.max() <= 1.0

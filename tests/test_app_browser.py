@@ -1,0 +1,111 @@
+"""The Gradio app in a real browser: Debian's Chromium, driven by Playwright, against the app on 127.0.0.1.
+
+A user adds the two demo teachers, sees a mistyped teacher refused in the page, starts a run, watches its
+progress bar fill, reads the final accuracy, uploads an image and reads the student's label. Screenshots of each
+step go to tests/artifacts/ (git-ignored); docs/app.png, in the README, is a copy of ``run-finished.png``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from amalgam.app import RunManager, build_app, sample_image
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Every value the run's progress bar takes, recorded in the page as it changes.
+RECORD_PROGRESS = """
+window.progressSeen = [];
+new MutationObserver(() => {
+  const bar = document.querySelector('#run-progress [role=progressbar]');
+  const value = bar && bar.getAttribute('aria-valuenow');
+  if (value !== null && window.progressSeen.at(-1) !== value) window.progressSeen.push(value);
+}).observe(document.body, {subtree: true, childList: true, attributes: true});
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_zoo, tmp_path_factory) -> str:
+    runs_dir = tmp_path_factory.mktemp("browser-runs")
+    manager = RunManager(runs_dir)
+    app = build_app(runs_dir, manager)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield app.local_url
+    app.close()
+    manager.shutdown()
+
+
+@pytest.fixture
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        yield page
+        browser.close()
+
+
+def test_choose_teachers_run_watch_and_try_the_student(page, tmp_path):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.get_by_label("Hub id or model folder").fill("no-such-org/no-such-model")
+    page.get_by_role("button", name="Add teacher", exact=True).click()
+    expect(page.get_by_text("Error: Hub repo 'no-such-org/no-such-model'")).to_be_visible(timeout=30_000)
+    toast_close = page.get_by_test_id("toast-close")  # the same message as a Gradio warning toast
+    expect(toast_close).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "teacher-refused.png")
+    toast_close.click()  # so that it covers nothing in the later screenshots
+
+    page.get_by_role("button", name="Add the two demo teachers (digits)").click()
+    expect(page.get_by_text("Union label space: 10 classes")).to_be_visible(timeout=60_000)
+    teachers = page.get_by_role("grid", name="chosen teachers")
+    expect(teachers).to_contain_text("cnn-digits-0to4")
+    expect(teachers).to_contain_text("grey 32x32")
+    expect(teachers).to_contain_text("vit-digits-5to9")
+    expect(teachers).to_contain_text("ViTForImageClassification")
+    page.get_by_label("epochs").fill("2")
+    page.get_by_label("learning rate").fill("0.01")
+    page.screenshot(path=ARTIFACTS / "teachers-chosen.png", full_page=True)
+
+    page.evaluate(RECORD_PROGRESS)
+    page.get_by_role("button", name="Start the run").click()
+    expect(page.get_by_role("tab", name="2 · Run")).to_have_attribute("aria-selected", "true")
+    page.screenshot(path=ARTIFACTS / "run-started.png")
+    finished = page.get_by_text(re.compile(r"finished · student accuracy \d\.\d{4}"))
+    expect(finished).to_be_visible(timeout=180_000)
+    accuracy = float(re.search(r"accuracy (\d\.\d{4})", finished.inner_text()).group(1))
+    assert accuracy > 0.5  # chance is 0.1
+    seen = page.evaluate("window.progressSeen")
+    assert seen[-1] == "100" and int(seen[0]) < 100, seen  # the bar was shown before the run ended
+    expect(page.get_by_text("teacher oracle (reference)")).to_be_visible()  # the results table
+    expect(page.get_by_role("grid", name="per-class accuracy")).to_contain_text("vit-digits-5to9")
+    page.screenshot(path=ARTIFACTS / "run-finished.png", full_page=True)
+
+    page.get_by_role("tab", name="3 · Try it").click()
+    image, _ = sample_image("digits", index=3)
+    image.save(tmp_path / "digit.png")
+    page.locator("#try-image input[type=file]").set_input_files(tmp_path / "digit.png")
+    said = page.get_by_text(re.compile(r"The student says \d"))
+    expect(said).to_be_visible(timeout=60_000)
+    answers = page.get_by_role("grid", name="student and teachers")
+    expect(answers).to_contain_text("teacher cnn-digits-0to4")
+    expect(answers).to_contain_text("teacher vit-digits-5to9")
+    page.screenshot(path=ARTIFACTS / "student-tried.png", full_page=True)
