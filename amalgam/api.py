@@ -108,9 +108,9 @@ def amalgamate(
     data = load_data(data)
     label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
     label_map = data_label_map(data, label_space)
+    torch.manual_seed(seed)  # the initial weights of the method's parts and the student are part of ``seed``
     method_module = create_method(method, label_space, teachers, dict(method_options or {}))
     if isinstance(student, str):
-        torch.manual_seed(seed)  # the student's initial weights are part of what ``seed`` fixes
         student = Student(
             student,
             class_names=label_space.class_names,
