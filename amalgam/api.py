@@ -148,8 +148,9 @@ def amalgamate(
         (run_path / "run.json").write_text(json.dumps(description, indent=2))
 
     signals = _teacher_signals(teachers, method_module, transfer, cache_teachers, progress)
-    if signals is not None and visible.size:
-        method_module.prepare(_labeled_set(transfer, visible, signals))
+    if signals is not None:
+        labeled = _labeled_set(transfer, visible, signals) if visible.size else None
+        method_module.prepare(labeled, signals.logits if isinstance(signals, CachedSignals) else None)
     history = train(
         student, method_module, signals, transfer, config,
         evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,

@@ -94,6 +94,7 @@ def train(
     for epoch in range(1, config.epochs + 1):
         model.train()
         method.train()
+        method.start_epoch(epoch, config.epochs)
         started = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False, unit="batch")
@@ -115,6 +116,7 @@ def train(
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         record = {"epoch": epoch, **{k: v / max(1, len(loader)) for k, v in sums.items()}}
         record["seconds"] = time.perf_counter() - started
+        record.update(method.end_epoch(accelerator.unwrap_model(model)))
         if evaluate is not None:
             record["test_accuracy"] = evaluate(accelerator.unwrap_model(model))
         history.append(record)

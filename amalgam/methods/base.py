@@ -67,8 +67,20 @@ class Method(nn.Module):
         """
         return None
 
-    def prepare(self, labeled: LabeledSet) -> None:
-        """Fit what must be fitted before the student trains (nothing by default); called when the run has labels."""
+    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
+        """Fit what must be fitted before the student trains (nothing by default).
+
+        ``labeled`` is the labeled fraction (``None`` when the run has no labels); ``transfer_logits`` are the
+        teachers' logits on the whole transfer set, labeled or not, when they were computed once (the unlabeled
+        data a method may calibrate or self-train on).
+        """
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before each training epoch (``epoch`` counts from 1): for schedules over the run."""
+
+    def end_epoch(self, student: nn.Module) -> dict[str, float]:
+        """Called after each epoch with the student; returns numbers to log in that epoch's record."""
+        return {}
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -118,8 +118,10 @@ class TeacherTrustLearner(WeightedTargets):
         self.register_buffer("membership", label_space.membership(), persistent=False)
         self.fitted = False
 
-    def prepare(self, labeled: LabeledSet) -> None:
+    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
         """Fit the trust model on the labeled fraction, then freeze it."""
+        if labeled is None:
+            raise MethodError("trust-learner fits its trust model on labels: give the run a labeled_fraction > 0")
         device = self.membership.device
         images = labeled.images.to(device)
         logits = [out.logits.to(device) for out in labeled.teacher_outputs]
