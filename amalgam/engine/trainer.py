@@ -80,11 +80,13 @@ def train(
     )
     parameters = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * max(1, len(loader))
+    loader = accelerator.prepare(loader)  # process i of n takes batches i, i + n, ...: len(loader) is its steps
+    # accelerate steps a prepared scheduler n times per optimizer step, so the schedule counts n per step
+    total_steps = config.epochs * max(1, len(loader)) * accelerator.num_processes
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
-    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     method.to(accelerator.device)
     if signals is not None:
         signals.to(accelerator.device)
@@ -114,6 +116,9 @@ def train(
                 sums[key] += float(value.detach())
             sums["loss"] += float(loss.detach())
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        if accelerator.num_processes > 1:  # each process summed its own batches: log the mean over processes
+            local = torch.tensor(list(sums.values()), dtype=torch.float64, device=accelerator.device)
+            sums = dict(zip(sums, accelerator.reduce(local, reduction="mean").tolist()))
         record = {"epoch": epoch, **{k: v / max(1, len(loader)) for k, v in sums.items()}}
         record["seconds"] = time.perf_counter() - started
         record.update(method.end_epoch(accelerator.unwrap_model(model)))
