@@ -39,25 +39,28 @@ class Row:
     reference: bool
 
 
-def rows_for(methods: Sequence[str] | None = None) -> list[Row]:
+def rows_for(methods: Sequence[str] | None = None, references: bool = True) -> list[Row]:
     """The references, then every registered amalgamation method (or those named), at the 2% labeled fraction."""
     pct = f"{LABELED_FRACTION:.0%}"
     rows = [
         Row("supervised, all labels", "supervised", 1.0, True),
         Row(f"supervised, {pct} labels", "supervised", LABELED_FRACTION, True),
-    ]
-    names = [n for n in available_methods() if n != "supervised"] if methods is None else list(methods)
-    return rows + [Row(name, name, LABELED_FRACTION, name == "concat-logits") for name in names]
+    ] if references else []
+    registry = available_methods()
+    names = [n for n in registry if n != "supervised"] if methods is None else list(methods)
+    # a method made for runs without labels gets none, so its row shows what a user with no labels gets
+    return rows + [Row(name, name, 0.0 if registry[name].label_free else LABELED_FRACTION, name == "concat-logits")
+                   for name in names]
 
 
 def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = None,
-                methods: Sequence[str] | None = None, progress: bool = True) -> dict:
+                methods: Sequence[str] | None = None, progress: bool = True, references: bool = True) -> dict:
     """Train every row for every seed; return all numbers."""
     teachers = [load_teacher(folder) for folder in setting.teacher_folders(progress=progress)]
     data = setting.data()
     budget = setting.budget
     epochs = epochs or budget.epochs
-    rows = rows_for(methods)
+    rows = rows_for(methods, references)
     runs: dict[str, list[dict]] = {row.label: [] for row in rows}
     teacher_metrics = None
     jobs = [(row, seed) for row in rows for seed in seeds]
@@ -104,7 +107,7 @@ def table(results: dict) -> str:
         mean, std = _mean_std([r["accuracy"] for r in row["runs"]])
         seconds = statistics.median(r["seconds"] for r in row["runs"])
         kind = "reference" if row["reference"] else "method"
-        labels = "all" if row["labeled_fraction"] == 1.0 else f"{row['labeled_fraction']:.0%}"
+        labels = {1.0: "all", 0.0: "none"}.get(row["labeled_fraction"], f"{row['labeled_fraction']:.0%}")
         targets = [r["target_accuracy"] for r in row["runs"] if r.get("target_accuracy") is not None]
         target = f"{statistics.fmean(targets):.4f}" if targets else "—"
         lines.append(f"| {row['label']} | {kind} | {labels} | {mean:.4f} ± {std:.4f} | {target} | {seconds:.0f} |")
@@ -190,16 +193,34 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
     return stem.with_suffix(".md")
 
 
+def merge_rows(previous: dict, new: dict) -> dict:
+    """``previous`` with ``new``'s rows added, or replacing those of the same label (same setting and budget)."""
+    if (previous["setting"], previous["budget"]) != (new["setting"], new["budget"]):
+        raise SystemExit(f"--merge: {previous['setting']} {previous['budget']} was run with another setting or budget")
+    fresh = {row["label"]: row for row in new["rows"]}
+    rows = [fresh.pop(row["label"], row) for row in previous["rows"]] + list(fresh.values())
+    return {**previous, "rows": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="digits-split")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="override the setting's budget (every row alike)")
     parser.add_argument("--methods", help="comma-separated method names (default: every registered method)")
+    parser.add_argument("--merge", action="store_true",
+                        help="add these rows to (or replace them in) the setting's existing results instead of "
+                             "starting a new table (with --methods)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
-    results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods)
+    results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods,
+                          references=not args.merge)
+    previous = args.out / f"quality-{args.setting}.json"
+    if args.merge and previous.exists():
+        new_rows = {row["label"] for row in results["rows"]}
+        results = merge_rows(json.loads(previous.read_text()), results)
+        print(f"merged rows {sorted(new_rows)} into {previous}")
     path = write_report(results, args.out)
     print(table(results))
     print(f"\nwritten: {path}")

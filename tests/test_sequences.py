@@ -155,6 +155,7 @@ def test_sequence_benchmark_writes_its_report(vowels, teachers, tmp_path):
     assert "Regenerate: `python -m bench.sequence --dataset JapaneseVowels --seeds 2" in md
     assert "| trust-learner | method | 2% |" in md and "Do we see the same?" in md
     results = json.loads((tmp_path / f"sequence-{DATA}.json").read_text())
-    assert [r["label"] for r in results["rows"]] == ["supervised, all labels", "supervised, 2% labels", "trust-learner"]
+    assert [r["label"] for r in results["rows"]] == ["supervised, all labels", "supervised, 2% labels", "trust-learner",
+                                                     "trust-learner, trust model on the series"]
     assert all(len(r["runs"]) == 2 for r in results["rows"])
     assert (tmp_path / f"sequence-{DATA}.png").stat().st_size > 1000

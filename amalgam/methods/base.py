@@ -50,11 +50,19 @@ class Method(nn.Module):
     summary: ClassVar[str] = ""
     uses_teachers: ClassVar[bool] = True  # False for references trained on labels alone
     requires_labels: ClassVar[bool] = False  # True when prepare() needs a labeled fraction
+    label_free: ClassVar[bool] = False  # True when made for runs with no labels at all (benchmarks give it none)
 
     def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
         super().__init__()
         self.label_space = label_space
         self.num_teachers = len(teachers)
+        self.teacher_names = [t.name for t in teachers]
+        for k in range(self.num_teachers):  # where each teacher's classes sit in the union
+            self.register_buffer(f"index_{k}", label_space.index_tensor(k), persistent=False)
+
+    def indices(self) -> list[torch.Tensor]:
+        """Each teacher's index map into the union classes (``idx_k`` of shared/METHODS.md §0.1)."""
+        return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
 
     def teacher_taps(self) -> list[list[str]]:
         """Feature taps to request from each teacher (none by default: logits only)."""

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_logits, place_probabilities
+from amalgam.methods.blocks import (
+    kd_loss, masked_cross_entropy, membership_from_predictions, place_logits, place_probabilities,
+)
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
@@ -28,7 +30,12 @@ class WeightedTargets(Method):
 
     Loss: ``soft_weight * tau^2 KL(q || softmax(z_s / tau)) + label_weight * CE(y, z_s)`` on the labeled
     fraction. With ``target="hard"`` the student learns the argmax of ``q`` instead (cross-entropy, tau = 1).
-    Subclasses implement :meth:`teacher_weights`.
+    Subclasses implement :meth:`teacher_weights`, and may weight samples (:meth:`sample_weights`).
+
+    ``student_feedback`` (an option of ours, 0 = off) mixes the student's own view into per-sample teacher
+    weights: ``w <- (1 - a) w + a m_s(x)``, where ``m_s`` is the share of the student's probability on each
+    teacher's classes and ``a`` grows linearly from 0 in the first epoch to ``student_feedback`` in the last.
+    The student, which learns from all the unlabeled data, thus corrects the choice of teacher as it improves.
     """
 
     def __init__(
@@ -39,8 +46,13 @@ class WeightedTargets(Method):
         soft_weight: float = 1.0,
         label_weight: float = 1.0,
         target: str = "soft",
+        student_feedback: float = 0.0,
     ) -> None:
         super().__init__(label_space, teachers)
+        if not 0.0 <= student_feedback <= 1.0:
+            raise MethodError(f"{self.name}: student_feedback must be in [0, 1], got {student_feedback}")
+        self.student_feedback = float(student_feedback)
+        self.feedback_share = 0.0
         if temperature <= 0:
             raise MethodError(f"{self.name}: temperature must be positive, got {temperature}")
         if target not in TARGET_MODES:
@@ -49,22 +61,29 @@ class WeightedTargets(Method):
         self.soft_weight = float(soft_weight)
         self.label_weight = float(label_weight)
         self.target_mode = target
-        for k in range(self.num_teachers):
-            self.register_buffer(f"index_{k}", label_space.index_tensor(k), persistent=False)
-
-    def indices(self) -> list[torch.Tensor]:
-        return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
+        self.register_buffer("membership", label_space.membership(), persistent=False)
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         """``K`` or ``B x K`` weights of the teachers for this batch (``images``: the raw batch)."""
         raise NotImplementedError
 
+    def sample_weights(self, step: StepInputs, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """``B`` weights of the samples' distillation terms (``None``: all 1)."""
+        return None
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.feedback_share = self.student_feedback * (epoch - 1) / max(1, epochs - 1)
+
     def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
-               temperature: float | None = None) -> torch.Tensor:
-        """The combined target over the union classes."""
+               temperature: float | None = None, student_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The combined target over the union classes (with the student's feedback when its logits are given)."""
         tau = self.temperature if temperature is None else temperature
         probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
         weights = self.teacher_weights(teacher_logits, images)
+        if student_logits is not None and self.feedback_share > 0:
+            student_view = membership_from_predictions(student_logits.detach().float().softmax(dim=-1),
+                                                       self.membership)
+            weights = (1.0 - self.feedback_share) * weights + self.feedback_share * student_view
         return place_probabilities(probs, self.indices(), weights, self.label_space.num_classes)
 
     def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -72,12 +91,13 @@ class WeightedTargets(Method):
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
-        target = self.target(logits, step.images)
+        target = self.target(logits, step.images, student_logits=step.student_logits)
+        weights = self.sample_weights(step, logits)
         if self.target_mode == "hard":
             hard = F.one_hot(target.argmax(dim=-1), self.label_space.num_classes).to(target.dtype)
-            losses = {"soft": self.soft_weight * kd_loss(step.student_logits, hard, 1.0)}
+            losses = {"soft": self.soft_weight * kd_loss(step.student_logits, hard, 1.0, weights)}
         else:
-            losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature)}
+            losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature, weights)}
         if self.label_weight > 0:
             losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
         return losses
@@ -148,7 +168,56 @@ class ConcatenatedLogits(WeightedTargets):
     summary = "One softmax over the teachers' concatenated logits (the naive amalgamation target)."
 
     def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
-               temperature: float | None = None) -> torch.Tensor:
+               temperature: float | None = None, student_logits: torch.Tensor | None = None) -> torch.Tensor:
         tau = self.temperature if temperature is None else temperature
         logits = place_logits(list(teacher_logits), self.indices(), self.label_space.num_classes)
         return (logits / tau).softmax(dim=-1)
+
+
+@register_method
+class TeacherSwitching(WeightedTargets):
+    """Each mini-batch learns from one teacher only, switching teacher from batch to batch (§10h, inferred).
+
+    Fukuda et al. (Interspeech 2017) switch teacher labels at the mini-batch level; their other option, one
+    copy of each sample per teacher, has the gradient of ``soft-targets`` (the KD loss is linear in the
+    target), so it is that method. Batches take teachers in turn (``order="round-robin"``) or at random
+    (``"random"``, seeded by the run). In evaluation the target is the teachers' mean, what switching averages to.
+
+    Args:
+        order: ``"round-robin"`` or ``"random"``.
+        temperature, soft_weight, label_weight, target: as for ``soft-targets``.
+    """
+
+    name = "teacher-switching"
+    paper = ("Fukuda, Suzuki, Kurata, Thomas, Cui, Ramabhadran. Efficient Knowledge Distillation from an Ensemble "
+             "of Teachers. Interspeech 2017")
+    summary = "Each mini-batch distils one teacher, switching teachers from batch to batch."
+    ORDERS = ("round-robin", "random")
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        teachers: Sequence[Teacher],
+        order: str = "round-robin",
+        temperature: float = 4.0,
+        soft_weight: float = 1.0,
+        label_weight: float = 1.0,
+        target: str = "soft",
+    ) -> None:
+        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
+        if order not in self.ORDERS:
+            raise MethodError(f"teacher-switching: order must be one of {self.ORDERS}, got {order!r}")
+        self.order = order
+        self.batches_seen = 0
+        self.generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**31)
+
+    def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
+        device = teacher_logits[0].device
+        if not self.training:
+            return torch.full((self.num_teachers,), 1.0 / self.num_teachers, device=device)
+        if self.order == "random":
+            chosen = int(torch.randint(self.num_teachers, (1,), generator=self.generator))
+        else:
+            chosen = self.batches_seen % self.num_teachers
+        self.batches_seen += 1
+        return F.one_hot(torch.tensor(chosen, device=device), self.num_teachers).float()

@@ -13,6 +13,7 @@ from amalgam.methods.base import LabeledSet
 from amalgam.methods.registry import register_method
 from amalgam.methods.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.preprocess import ImageSpec
 from amalgam.teachers.teacher import Teacher
 
 TRUST_INPUTS = ("outputs", "input")
@@ -46,6 +47,27 @@ class InputTrust(nn.Module):
         return self.net(F.interpolate(images.float(), size=(INPUT_SIDE, INPUT_SIDE), mode="bilinear"))
 
 
+class SequenceTrust(nn.Module):
+    """Trust logits from the series itself: an LSTM, as in the SKA code's TTL."""
+
+    def __init__(self, channels: int, num_teachers: int) -> None:
+        super().__init__()
+        from amalgam.sequences.models import LSTMClassifier
+
+        self.net = LSTMClassifier(channels, num_teachers, hidden=32, layers=1)
+
+    def forward(self, series: torch.Tensor, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.net(series)
+
+
+def input_trust(teachers: Sequence[Teacher], num_teachers: int) -> nn.Module:
+    """The trust model that reads the raw input: a CNN for images, an LSTM for series (by the teachers' input)."""
+    spec = teachers[0].input_spec
+    if isinstance(spec, ImageSpec):
+        return InputTrust(spec.channels, num_teachers)
+    return SequenceTrust(spec.channels, num_teachers)
+
+
 def trust_weights(trust_logits: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-sample teacher weights from trust logits.
 
@@ -76,8 +98,11 @@ class TeacherTrustLearner(WeightedTargets):
 
     - ``trust_norm="softmax"`` is the code's ``softmax(sigmoid(.))``; ``"sigmoid"`` normalises the sigmoids.
     - ``target="hard"`` is the code's argmax pseudo-label; the default ``"soft"`` distils ``q`` itself.
-    - The code's trust model reads the input sequence (``trust_input="input"``: a small CNN here). The default
-      ``"outputs"`` reads the teachers' probabilities instead, which a check on digits found far better.
+    - The code's trust model reads the input sequence (``trust_input="input"``: an LSTM for series, a small CNN
+      for images). The default ``"outputs"`` reads the teachers' probabilities instead: on the Fashion-MNIST
+      split with 2% labels its combined target is right on 0.846 of test images against 0.829 for the CNN
+      (bench/trust_choices.py), and it costs a fraction of the time.
+    - ``student_feedback`` (ours, off by default): see :class:`~amalgam.methods.soft_targets.WeightedTargets`.
     - Trust training: Adam, lr 0.01, gradient-norm clip 5 as in the code; ``trust_epochs`` (default 200) full
       passes in batches of 64 instead of the code's 500 epochs in batches of 8. No test-set model selection.
     - ``label_weight`` defaults to 0: the paper's student does not learn from the labels directly.
@@ -103,8 +128,9 @@ class TeacherTrustLearner(WeightedTargets):
         soft_weight: float = 1.0,
         label_weight: float = 0.0,
         target: str = "soft",
+        student_feedback: float = 0.0,
     ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
+        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target, student_feedback)
         if trust_input not in TRUST_INPUTS:
             raise MethodError(f"trust-learner: trust_input must be one of {TRUST_INPUTS}, got {trust_input!r}")
         if trust_norm not in TRUST_NORMS:
@@ -113,9 +139,7 @@ class TeacherTrustLearner(WeightedTargets):
         self.trust_epochs = int(trust_epochs)
         self.trust_lr = float(trust_lr)
         widths = [len(t.class_names) for t in teachers]
-        channels = teachers[0].input_spec.channels if teachers else 3
-        self.trust = OutputTrust(widths) if trust_input == "outputs" else InputTrust(channels, len(widths))
-        self.register_buffer("membership", label_space.membership(), persistent=False)
+        self.trust = OutputTrust(widths) if trust_input == "outputs" else input_trust(teachers, len(widths))
         self.fitted = False
 
     def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:

@@ -54,7 +54,11 @@ def default_rows(fraction: float = LABELED_FRACTION, methods: Sequence[str] | No
         "concat-logits", "selective-learning", "soft-targets", "trust-learner"]
     references = [Row("supervised, all labels", "supervised", 1.0, True),
                   Row(f"supervised, {pct} labels", "supervised", fraction, True)]
-    return references + [Row(name, name, fraction, name == "concat-logits") for name in names]
+    rows = [Row(name, name, fraction, name == "concat-logits") for name in names]
+    if "trust-learner" in names:  # also the paper's own TTL, whose trust model reads the series (an LSTM)
+        rows.append(Row("trust-learner, trust model on the series", "trust-learner", fraction,
+                        options={"trust_input": "input"}))
+    return references + rows
 
 
 def overlapping_split(class_names: Sequence[str], overlap: int = 2) -> dict[str, tuple[str, ...]]:
