@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -149,7 +148,7 @@ def amalgamate(
 
     signals = _teacher_signals(teachers, method_module, transfer, cache_teachers, progress)
     if signals is not None:
-        labeled = _labeled_set(transfer, visible, signals) if visible.size else None
+        labeled = LabeledSet.gather(transfer, visible, signals) if visible.size else None
         method_module.prepare(labeled, signals.logits if isinstance(signals, CachedSignals) else None)
     history = train(
         student, method_module, signals, transfer, config,
@@ -179,13 +178,6 @@ def amalgamate(
         student.save_pretrained(run_path / "student")
         (run_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return AmalgamationResult(student, metrics, label_space, teachers, run_path, history)
-
-
-def _labeled_set(transfer: RelabeledImages, visible: np.ndarray, signals: TeacherSignals) -> LabeledSet:
-    rows = [i for i in visible.tolist() if transfer[i][1] >= 0]  # classes no teacher knows cannot be learned
-    images = torch.stack([transfer[i][0] for i in rows])
-    labels = torch.tensor([transfer[i][1] for i in rows])
-    return LabeledSet(images, labels, signals(images, torch.tensor(rows)))
 
 
 def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, cache: bool,

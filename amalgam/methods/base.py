@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
@@ -34,6 +35,15 @@ class LabeledSet:
     images: torch.Tensor
     labels: torch.Tensor
     teacher_outputs: list[TeacherOutput]
+
+    @classmethod
+    def gather(cls, transfer: Dataset, visible: Sequence[int], signals: Callable) -> "LabeledSet":
+        """The visible rows of ``transfer`` (a data set of ``(input, union label)``) with ``signals``' teacher
+        outputs; rows whose class no teacher knows (label -1) are left out, as nothing could learn them."""
+        rows = [int(i) for i in visible if transfer[int(i)][1] >= 0]
+        images = torch.stack([transfer[i][0] for i in rows])
+        labels = torch.tensor([transfer[i][1] for i in rows])
+        return cls(images, labels, signals(images, torch.tensor(rows)))
 
 
 class Method(nn.Module):

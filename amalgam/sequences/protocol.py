@@ -115,11 +115,8 @@ def run_once(row: Row, seed: int, setting: SequenceSetting, data: SequenceData, 
     method = create_method(row.method, label_space, teachers, dict(row.options))
     student = build_model({**setting.student_model, "channels": data.channels, "num_classes": label_space.num_classes})
     uses_teachers = method.uses_teachers
-    if uses_teachers and visible.size:  # as amalgamate() does: fit what the method fits on labels (trust model)
-        rows = [int(i) for i in visible if transfer[int(i)][1] >= 0]
-        series = torch.stack([transfer[i][0] for i in rows])
-        labels = torch.tensor([transfer[i][1] for i in rows])
-        method.prepare(LabeledSet(series, labels, signals(series, torch.tensor(rows))))
+    if uses_teachers:  # as amalgamate() does: fit what the method fits on labels (trust model) or calibrates
+        method.prepare(LabeledSet.gather(transfer, visible, signals) if visible.size else None, signals.logits)
     config = TrainConfig(**{**setting.budget.to_dict(), "seed": seed})
     history = train(student, method, signals if uses_teachers else None, transfer, config, progress=False)
     student.cpu()
