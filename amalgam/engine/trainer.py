@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from amalgam.errors import RunCancelled
 from amalgam.knowledge import IndexedImages, TeacherSignals
 from amalgam.methods.base import Method, StepInputs
+from amalgam.teachers.taps import capture_features, resolve_modules
 
 
 @dataclass
@@ -78,7 +79,12 @@ def train(
         drop_last=len(transfer) > config.batch_size,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    parameters = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
+    student_taps = method.student_taps(model)
+    tapped = resolve_modules(model, student_taps, "the student", student_taps)
+    if student_taps or any(method.teacher_taps()):
+        _probe(model, method, signals, transfer, student_taps, tapped)
+    method_parameters = [p for p in method.parameters() if p.requires_grad]
+    parameters = [p for p in model.parameters() if p.requires_grad] + method_parameters
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     loader = accelerator.prepare(loader)  # process i of n takes batches i, i + n, ...: len(loader) is its steps
     # accelerate steps a prepared scheduler n times per optimizer step, so the schedule counts n per step
@@ -104,12 +110,16 @@ def train(
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
             teacher_outputs = signals(images, indices) if signals is not None else []
-            with accelerator.autocast():
+            with accelerator.autocast(), capture_features(model, student_taps, tapped) as student_features:
                 logits = model(images)
-                losses = method(StepInputs(logits, teacher_outputs, labels, images))
+                losses = method(StepInputs(logits, teacher_outputs, labels, images, student_features))
                 loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
+            if accelerator.num_processes > 1:  # the method's own parts (adapters...) are not DDP-wrapped
+                for part in method_parameters:
+                    if part.grad is not None:
+                        part.grad = accelerator.reduce(part.grad, reduction="mean")
             optimizer.step()
             schedule.step()
             for key, value in losses.items():
@@ -134,3 +144,18 @@ def train(
             on_epoch(record)
     accelerator.unwrap_model(model).eval()
     return history
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, method: Method, signals: TeacherSignals | None, transfer: Dataset,
+           student_taps: list[str], tapped: list[nn.Module]) -> None:
+    """Show the method the student's and teachers' features on two transfer samples, before its parts are
+    optimised, so it can size its adapters."""
+    images = torch.stack([transfer[i][0] for i in range(min(2, len(transfer)))])
+    was_training = model.training
+    model.eval()
+    with capture_features(model, student_taps, tapped) as features:
+        model(images)
+    model.train(was_training)
+    outputs = signals(images, torch.arange(len(images))) if signals is not None else []
+    method.attach(dict(features), outputs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
 import torch
@@ -18,13 +18,15 @@ class StepInputs:
     """Everything a method may look at for one batch.
 
     ``images`` is the raw ``[0, 1]`` batch; ``labels`` are union-space indices for the labeled fraction and
-    ``UNLABELED`` (-1) elsewhere.
+    ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the modules named by
+    :meth:`Method.student_taps`.
     """
 
     student_logits: torch.Tensor
     teacher_outputs: list[TeacherOutput]
     labels: torch.Tensor
     images: torch.Tensor | None = None
+    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,14 @@ class Method(nn.Module):
     def teacher_taps(self) -> list[list[str]]:
         """Feature taps to request from each teacher (none by default: logits only)."""
         return [[] for _ in range(self.num_teachers)]
+
+    def student_taps(self, student: nn.Module) -> list[str]:
+        """Module paths of ``student`` whose outputs this method reads (none by default)."""
+        return []
+
+    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+        """Called once before training, with the student's and teachers' features on a probe batch, for methods
+        that size parts of themselves (adapters) to the models' feature shapes. Nothing by default."""
 
     def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor | None:
         """The teachers combined into this method's target over the union classes, if it has one.

@@ -7,11 +7,16 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
+from amalgam.errors import MethodError
+from amalgam.methods.base import StepInputs
 from amalgam.methods.blocks import least_entropy_teacher
+from amalgam.methods.features import adapter, as_map, resize_map, spread_taps, student_stage_taps, unit_norm_penalty
 from amalgam.methods.registry import register_method
 from amalgam.methods.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher
+from amalgam.teachers.teacher import Teacher, TeacherOutput
 
 
 @register_method
@@ -22,12 +27,22 @@ class SelectiveLearning(WeightedTargets):
     output-level term of §4's stage 1; KamalEngine pre-splits the data per teacher, which selects the same
     teacher for each sample). Entropy is computed at temperature 1 over each teacher's own classes.
 
-    Not yet here: §4's feature alignment modules (FAM) on the selected teacher's block features and the
-    dual-stage (component net) schedule, which need feature taps on the student.
+    Feature alignment (§4's FAM, on with ``feature_weight > 0``): at ``feature_layers`` depths paired
+    automatically (stage outputs at relative depths, :mod:`amalgam.methods.features`), a 1x1 convolution per
+    teacher and one for the student map both into a common width, and the student's aligned feature learns the
+    selected teacher's: ``feature_weight * sum_b MSE(FAM_T[k*](F_k*), FAM_S(F_s)) + norm_weight * R`` with §4's
+    unit-norm regulariser ``R`` on the teacher-side filters. Inferred or ours: the common width is half the
+    student's width at that depth (§4's widths are halves of the teachers'); a teacher map is resized to the
+    student's spatial size (ViT tokens become a grid first); the FAMs train with the student's optimiser
+    instead of their own learning rates. Not here: §4's dual-stage (component net) schedule.
 
     Args:
         normalize_entropy: divide each teacher's entropy by ``log C_k`` (an option of ours, off by default as in
             the paper), so teachers with more classes are not penalised for them.
+        feature_weight: weight of the feature alignment (0: output level only, the default; see the benchmark).
+        feature_layers: how many depths to align (the deepest included).
+        student_layers, teacher_layers: explicit module paths (student) and taps (per teacher) instead.
+        norm_weight: weight of the regulariser ``R``.
         temperature, soft_weight, label_weight, target: as for ``soft-targets``.
     """
 
@@ -41,6 +56,11 @@ class SelectiveLearning(WeightedTargets):
         label_space: LabelSpace,
         teachers: Sequence[Teacher],
         normalize_entropy: bool = False,
+        feature_weight: float = 0.0,
+        feature_layers: int = 2,
+        student_layers: Sequence[str] | None = None,
+        teacher_layers: Sequence[Sequence[str]] | None = None,
+        norm_weight: float = 1.0,
         temperature: float = 4.0,
         soft_weight: float = 1.0,
         label_weight: float = 1.0,
@@ -48,6 +68,64 @@ class SelectiveLearning(WeightedTargets):
     ) -> None:
         super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
         self.normalize_entropy = bool(normalize_entropy)
+        self.feature_weight, self.norm_weight = float(feature_weight), float(norm_weight)
+        self.feature_layers = len(student_layers) if student_layers else int(feature_layers)
+        self.student_layers = list(student_layers) if student_layers else None
+        if teacher_layers is not None:
+            if len(teacher_layers) != self.num_teachers or any(len(t) != self.feature_layers for t in teacher_layers):
+                raise MethodError(f"selective-learning: teacher_layers needs {self.num_teachers} lists (one per "
+                                  f"teacher) of {self.feature_layers} taps, got {teacher_layers}")
+            self.teacher_layers = [list(t) for t in teacher_layers]
+        else:
+            self.teacher_layers = [spread_taps(t.tap_names(), self.feature_layers) for t in teachers]
+        self.student_fams = nn.ModuleList()  # built by attach() from the probed shapes
+        self.teacher_fams = nn.ModuleList()
+
+    def teacher_taps(self) -> list[list[str]]:
+        return self.teacher_layers if self.feature_weight > 0 else super().teacher_taps()
+
+    def student_taps(self, student: nn.Module) -> list[str]:
+        if self.feature_weight <= 0:
+            return []
+        if self.student_layers is None:
+            self.student_layers = spread_taps(student_stage_taps(student), self.feature_layers)
+        return self.student_layers
+
+    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+        """Build the FAMs for the widths seen on the probe batch."""
+        if self.feature_weight <= 0:
+            return
+        widths = [as_map(student_features[tap]).shape[1] for tap in self.student_layers]
+        common = [max(1, w // 2) for w in widths]
+        self.student_fams = nn.ModuleList(adapter(w, c) for w, c in zip(widths, common))
+        self.teacher_fams = nn.ModuleList(
+            nn.ModuleList(adapter(as_map(out.features[tap]).shape[1], c) for tap, c in zip(taps, common))
+            for out, taps in zip(teacher_outputs, self.teacher_layers)
+        )
+
+    def feature_alignment(self, step: StepInputs, chosen: torch.Tensor) -> torch.Tensor:
+        """``sum_b`` mean over samples of the MSE between the student's aligned feature and its selected
+        teacher's, plus ``norm_weight * R``."""
+        total = step.student_logits.new_zeros(())
+        for b, tap in enumerate(self.student_layers):
+            student = self.student_fams[b](as_map(step.student_features[tap]))
+            per_teacher = []
+            for k, out in enumerate(step.teacher_outputs):
+                teacher = self.teacher_fams[k][b](resize_map(as_map(out.features[self.teacher_layers[k][b]]).float(),
+                                                             student.shape[-2:]))
+                per_teacher.append((teacher - student).pow(2).flatten(1).mean(dim=1))
+            total = total + torch.stack(per_teacher, dim=1).gather(1, chosen[:, None]).mean()
+        penalty = unit_norm_penalty([fam.weight for fams in self.teacher_fams for fam in fams])
+        return self.feature_weight * total + self.norm_weight * penalty
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        losses = super().forward(step)
+        if self.feature_weight > 0:
+            if not len(self.student_fams):
+                raise MethodError("selective-learning: feature alignment needs attach() (the engine calls it)")
+            chosen = least_entropy_teacher([out.logits for out in step.teacher_outputs], self.normalize_entropy)
+            losses["features"] = self.feature_alignment(step, chosen)
+        return losses
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         chosen = least_entropy_teacher(teacher_logits, normalize=self.normalize_entropy)

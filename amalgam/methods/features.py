@@ -1,0 +1,93 @@
+"""Feature-level building blocks shared by methods: which layers to pair, features as maps, adapters.
+
+Layers are paired by relative depth so nobody lists layer pairs by hand: a method asks for ``n`` taps and gets
+the stage outputs at depths ``1/n, 2/n, ..., 1`` of each model (the deepest last), for the student (timm's
+``feature_info`` stages) and for each teacher (:meth:`Teacher.tap_names`). Explicit lists override it.
+Adapters are sized from one probe batch (:meth:`Method.attach`), so they fit whatever widths the models have.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amalgam.errors import MethodError
+
+
+def spread_taps(names: Sequence[str], count: int) -> list[str]:
+    """``count`` of ``names`` (ordered shallow to deep) at relative depths ``1/count, ..., 1``.
+
+    >>> spread_taps(["s1", "s2", "s3", "s4", "s5"], 2)
+    ['s3', 's5']
+    >>> spread_taps(["a", "b"], 3)
+    ['a', 'b', 'b']
+    """
+    if not names:
+        raise MethodError("the model has no stage taps to pair; name its layers explicitly")
+    return [names[max(0, math.ceil(len(names) * (i + 1) / count) - 1)] for i in range(count)]
+
+
+def student_stage_taps(student: nn.Module) -> list[str]:
+    """Module paths of a student's stages, shallow to deep (timm's ``feature_info``).
+
+    >>> from amalgam.students import Student
+    >>> student_stage_taps(Student("test_efficientnet", class_names=["a", "b"]))[-2:]
+    ['model.blocks.3', 'model.blocks.4']
+    """
+    model = getattr(student, "model", student)
+    prefix = "model." if model is not student else ""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise MethodError(f"cannot find the stages of student {type(model).__name__}: it has no timm feature_info; "
+                          "name its layers explicitly (student_layers=[...])")
+    return [prefix + stage["module"] for stage in info]
+
+
+def as_map(feature: torch.Tensor) -> torch.Tensor:
+    """A feature as a ``B x C x H x W`` map: maps pass through; ViT tokens ``B x N x D`` become a ``D`` channel
+    grid (the class token dropped when ``N - 1`` is square); other token counts a ``D x N x 1`` map.
+
+    >>> as_map(torch.zeros(2, 17, 8)).shape, as_map(torch.zeros(2, 6, 8)).shape
+    (torch.Size([2, 8, 4, 4]), torch.Size([2, 8, 6, 1]))
+    """
+    if feature.ndim == 4:
+        return feature
+    if feature.ndim == 2:
+        return feature[:, :, None, None]
+    if feature.ndim != 3:
+        raise MethodError(f"cannot use a feature of shape {tuple(feature.shape)} as a map")
+    tokens = feature.shape[1]
+    for count in (tokens - 1, tokens):
+        side = math.isqrt(count)
+        if count > 0 and side * side == count:
+            grid = feature[:, tokens - count:]
+            return grid.transpose(1, 2).reshape(feature.shape[0], feature.shape[2], side, side)
+    return feature.transpose(1, 2)[..., None]
+
+
+def resize_map(feature: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``feature`` at spatial ``size``: average-pooled down, or bilinearly up."""
+    if tuple(feature.shape[-2:]) == tuple(size):
+        return feature
+    if feature.shape[-2] >= size[0] and feature.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(feature, size)
+    return F.interpolate(feature, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def adapter(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+    """A 1x1 convolution from one width to another (the FAMs of §4, the align layers of §2)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+def unit_norm_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_W mean_o (sum_i W_oi^2 - 1)^2``: pushes each output filter to unit squared norm, so an alignment
+    cannot collapse to zero (§4's regulariser). 0 for orthonormal filters.
+
+    >>> unit_norm_penalty([torch.eye(3).reshape(3, 3, 1, 1)]).item()
+    0.0
+    """
+    return sum(((w.flatten(1) ** 2).sum(dim=1) - 1.0).pow(2).mean() for w in weights)

@@ -1,0 +1,83 @@
+"""Feature alignment (selective learning's FAMs, §4): layers paired by depth, adapters sized by a probe batch,
+for a timm CNN and a transformers ViT teacher (maps and tokens of different widths), learning on real digits."""
+
+import pytest
+import torch
+
+from amalgam.data import RelabeledImages, load_digits
+from amalgam.engine import TrainConfig, train
+from amalgam.errors import MethodError
+from amalgam.knowledge import LiveSignals
+from amalgam.methods import create_method
+from amalgam.methods.features import as_map, spread_taps, unit_norm_penalty
+from amalgam.students import Student
+from amalgam.teachers import LabelSpace, load_teacher
+
+
+def test_unit_norm_penalty_by_hand():
+    # filters with squared norms 4 and 1: mean((4 - 1)^2, (1 - 1)^2) = 4.5
+    assert unit_norm_penalty([torch.tensor([[2.0, 0.0], [0.0, 1.0]])]).item() == pytest.approx(4.5)
+
+
+def test_vit_tokens_become_a_grid_in_token_order():
+    tokens = torch.arange(2 * 5 * 3, dtype=torch.float).reshape(2, 5, 3)  # class token + 2x2 patches, width 3
+    grid = as_map(tokens)
+    assert grid.shape == (2, 3, 2, 2)
+    assert torch.equal(grid[0, :, 0, 1], tokens[0, 2])  # patch 1 (after the class token) sits at row 0, column 1
+
+
+@pytest.fixture(scope="module")
+def setup(demo_zoo):
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    space = LabelSpace.union([t.class_names for t in teachers])
+    digits = load_digits()
+    label_map = [space.index_of(c) for c in digits.class_names]
+    transfer = RelabeledImages(torch.utils.data.Subset(digits.train, range(96)), label_map)
+    return teachers, space, transfer
+
+
+def test_fams_are_sized_from_the_models_and_the_alignment_loss_falls(setup):
+    teachers, space, transfer = setup
+    assert [t.library for t in teachers] == ["timm", "transformers"]
+    torch.manual_seed(0)
+    method = create_method("selective-learning", space, teachers, {"feature_weight": 1.0, "feature_layers": 2})
+    student = Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
+    assert method.teacher_taps() == [spread_taps(t.tap_names(), 2) for t in teachers]
+    history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
+                    TrainConfig(epochs=4, batch_size=32, lr=3e-3), progress=False)
+    # student stages 3 and 5 of test_efficientnet (32 and 64 channels) -> common widths 16 and 32
+    assert method.student_layers == ["model.blocks.2", "model.blocks.4"]
+    assert [(f.in_channels, f.out_channels) for f in method.student_fams] == [(32, 16), (64, 32)]
+    cnn_widths = [teachers[0](torch.zeros(1, 1, 8, 8), taps=[t]).features[t].shape[1] for t in method.teacher_layers[0]]
+    assert [f.in_channels for f in method.teacher_fams[0]] == cnn_widths
+    vit_width = teachers[1].model.config.hidden_size  # tokens: the width is the hidden size
+    assert [(f.in_channels, f.out_channels) for f in method.teacher_fams[1]] == [(vit_width, 16), (vit_width, 32)]
+    features = [h["features"] for h in history]
+    assert features[-1] < 0.7 * features[0], features
+    # our hooks never outlive a call (transformers keeps hooks of its own for hidden states)
+    models = [student] + [t.model for t in teachers]
+    assert not [h for model in models for m in model.modules() for h in m._forward_hooks.values()
+                if "capture_features" in h.__qualname__]
+
+
+def test_the_fams_are_trained_with_the_student(setup):
+    teachers, space, transfer = setup
+
+    def fams_after(lr):
+        torch.manual_seed(0)
+        method = create_method("selective-learning", space, teachers, {"feature_weight": 1.0})
+        student = Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
+        train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
+              TrainConfig(epochs=1, batch_size=32, lr=lr), progress=False)
+        return [p.detach().clone() for p in method.parameters()]
+
+    initial, trained = fams_after(1e-12), fams_after(3e-3)  # attach() runs after the run's seed: same start
+    assert len(initial) == len(trained) > 0
+    assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(initial, fams_after(1e-12)))
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(initial, trained))
+
+
+def test_explicit_layers_are_checked(setup):
+    teachers, space, _ = setup
+    with pytest.raises(MethodError, match="teacher_layers needs 2 lists"):
+        create_method("selective-learning", space, teachers, {"feature_weight": 1.0, "teacher_layers": [["layer4"]]})
