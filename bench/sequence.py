@@ -67,9 +67,9 @@ def reading(results: dict) -> str:
         f"are right for trust-learner {targets['trust-learner']:.4f} of the time (per seed {per_seed}), for the "
         f"others {others}. Trust-learner's trust model is fitted on the labeled series alone ({labeled} for "
         f"{len(results['class_names'])} classes), "
-        "on the teachers' outputs (the method's default; its other trust model, `trust_input=\"input\"`, is a 2-D "
-        "image CNN and cannot read a sequence, so the paper's TTL, an LSTM over the series, is not what runs "
-        "here), and which series are labeled moves it by many points between seeds.\n"
+        "on the teachers' outputs (the method's default) or, in the paper's own form, on the series (an LSTM: "
+        "`trust_input=\"input\"`); with one label per class either trust model has too little to learn from, "
+        "and which series are labeled moves it by many points between seeds.\n"
     )
 
 
