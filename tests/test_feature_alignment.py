@@ -46,9 +46,9 @@ def test_fams_are_sized_from_the_models_and_the_alignment_loss_falls(setup):
     history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
                     TrainConfig(epochs=4, batch_size=32, lr=3e-3), progress=False)
     # student stages 3 and 5 of test_efficientnet (32 and 64 channels) -> common widths 16 and 32
-    assert method.student_layers == ["model.blocks.2", "model.blocks.4"]
+    assert method.layers.student == ["model.blocks.2", "model.blocks.4"]
     assert [(f.in_channels, f.out_channels) for f in method.student_fams] == [(32, 16), (64, 32)]
-    cnn_widths = [teachers[0](torch.zeros(1, 1, 8, 8), taps=[t]).features[t].shape[1] for t in method.teacher_layers[0]]
+    cnn_widths = [teachers[0](torch.zeros(1, 1, 8, 8), taps=[t]).features[t].shape[1] for t in method.layers.teacher[0]]
     assert [f.in_channels for f in method.teacher_fams[0]] == cnn_widths
     vit_width = teachers[1].model.config.hidden_size  # tokens: the width is the hidden size
     assert [(f.in_channels, f.out_channels) for f in method.teacher_fams[1]] == [(vit_width, 16), (vit_width, 32)]

@@ -207,3 +207,110 @@ def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / dist.get_world_size()
+
+
+MMD_SIGMAS = (0.001, 0.01, 0.05, 0.1, 0.2, 1.0, 2.0)  # CFL's official kernel widths (shared/METHODS.md §0.1)
+
+
+def multi_kernel_mmd(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float] = MMD_SIGMAS,
+                     normalize: bool = True) -> torch.Tensor:
+    """Squared multi-kernel Gaussian MMD between two batches of features (shared/METHODS.md §0.1; CFL, §2).
+
+    Rows are flattened to ``B x D`` and, with ``normalize``, L2-normalised; then
+    ``[mean_ij k(x_i, x_j) + mean_ij k(y_i, y_j) - 2 mean_ij k(x_i, y_j)]_+`` with
+    ``k(a, b) = sum_sigma exp(-|a - b|^2 / (2 sigma^2))`` and squared distances clamped at ``1e-12``.
+    ``x`` and ``y`` need the same batch size.
+
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> multi_kernel_mmd(x, x).item()
+    0.0
+    >>> round(multi_kernel_mmd(x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), sigmas=[1.0]).item(), 4)  # (1 - 1/e) / 2
+    0.3161
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"multi_kernel_mmd needs batches of one size, got {x.shape[0]} and {y.shape[0]}")
+    x, y = x.flatten(1).float(), y.flatten(1).float()
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # |a|^2 + |b|^2 - 2ab, as the official code computes it; the clamp keeps the diagonal's rounding >= 0
+        distances = ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T).clamp(min=1e-12)
+        return sum(torch.exp(-distances / (2.0 * s * s)) for s in sigmas)
+
+    return (kernel(x, x).mean() + kernel(y, y).mean() - 2.0 * kernel(x, y).mean()).clamp(min=0.0)
+
+
+def feature_reconstruction(reconstructed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of a decoded feature against the (frozen) feature it should give back (§2, §3).
+
+    >>> feature_reconstruction(torch.ones(2, 3), torch.zeros(2, 3)).item()
+    1.0
+    """
+    return F.mse_loss(reconstructed.float(), target.float())
+
+
+def triplet_votes(features: Sequence[torch.Tensor], normalize: bool = True) -> torch.Tensor:
+    """The teachers' summed votes on every in-batch triplet (relative dissimilarity, §1, inferred).
+
+    ``features`` holds one ``B x D_k`` tensor per teacher (widths may differ). Entry ``[a, i, j]`` of the
+    ``B x B x B`` result is ``sum_k sign(d_k(a, j) - d_k(a, i))`` with ``d_k`` the squared Euclidean distance
+    between teacher ``k``'s (optionally L2-normalised) features: positive when the teachers say ``x_i`` is
+    closer to the anchor ``x_a`` than ``x_j``. Entries whose indices are not distinct are 0.
+
+    >>> triplet_votes([torch.tensor([[0.0], [1.0], [3.0]])], normalize=False)[0]  # anchor 0: 1 is closer than 3
+    tensor([[ 0.,  0.,  0.],
+            [ 0.,  0.,  1.],
+            [ 0., -1.,  0.]])
+    """
+    total = None
+    for g in features:
+        d = squared_distances(g, normalize)
+        votes = torch.sign(d[:, None, :] - d[:, :, None])  # [a, i, j] = sign(d(a, j) - d(a, i))
+        total = votes if total is None else total + votes
+    batch = total.shape[0]
+    eye = torch.eye(batch, dtype=torch.bool, device=total.device)
+    distinct = ~(eye[:, :, None] | eye[:, None, :] | eye[None, :, :])
+    return torch.where(distinct, total, torch.zeros_like(total))
+
+
+def squared_distances(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``B x B`` squared Euclidean distances between the rows of ``features`` (flattened, L2-normalised first
+    with ``normalize``).
+
+    >>> squared_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), normalize=False)
+    tensor([[ 0., 25.],
+            [25.,  0.]])
+    """
+    g = features.flatten(1).float()
+    if normalize:
+        g = F.normalize(g, dim=1)
+    return (g[:, None, :] - g[None, :, :]).pow(2).sum(-1)
+
+
+def relative_dissimilarity_loss(student_features: torch.Tensor, votes: torch.Tensor, num_teachers: int,
+                                margin: float = 0.1, normalize: bool = True, vote: str = "hard") -> torch.Tensor:
+    """The student's triplet loss on the orderings its teachers voted for (You et al., KDD 2017, §1, inferred).
+
+    Each triplet ``(a, i, j)`` with a positive vote ``v = votes[a, i, j]`` (``x_i`` closer to ``x_a``; the
+    same triplet with ``i``, ``j`` swapped has ``-v`` and is not counted twice) costs
+    ``[d_s(a, i) - d_s(a, j) + margin]_+``. Ties (``v = 0``) are dropped. ``vote="hard"`` weights every voted
+    triplet 1 (the sign of the vote), ``"soft"`` by ``|v| / K``. The result is the weighted sum over the
+    number of voted triplets (0, with a graph, when there are none).
+
+    >>> g = torch.tensor([[0.0], [1.0], [3.0]])
+    >>> relative_dissimilarity_loss(g, triplet_votes([g], normalize=False), 1, margin=0.0, normalize=False).item()
+    0.0
+    """
+    d = squared_distances(student_features, normalize)
+    hinge = (d[:, :, None] - d[:, None, :] + margin).clamp(min=0.0)  # [a, i, j]: d(a, i) - d(a, j) + margin
+    voted = votes > 0
+    if not voted.any():
+        return student_features.sum() * 0.0
+    if vote == "soft":
+        weights = votes.abs() / num_teachers
+    elif vote == "hard":
+        weights = torch.ones_like(votes)
+    else:
+        raise ValueError(f"vote must be 'hard' or 'soft', got {vote!r}")
+    return (hinge * weights * voted).sum() / voted.sum()

@@ -9,13 +9,16 @@ Adapters are sized from one probe batch (:meth:`Method.attach`), so they fit wha
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from amalgam.errors import MethodError
+
+if TYPE_CHECKING:
+    from amalgam.teachers.teacher import Teacher
 
 
 def spread_taps(names: Sequence[str], count: int) -> list[str]:
@@ -91,3 +94,83 @@ def unit_norm_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     0.0
     """
     return sum(((w.flatten(1) ** 2).sum(dim=1) - 1.0).pow(2).mean() for w in weights)
+
+
+def common_map(feature: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+    """A (frozen) teacher feature as a float ``B x C x H x W`` map, resized to ``size`` when given (ViT tokens
+    become a grid first): how teachers of different shapes meet at one spatial size."""
+    grid = as_map(feature).float()
+    return grid if size is None else resize_map(grid, size)
+
+
+def feature_vector(feature: torch.Tensor, pool: str = "flatten") -> torch.Tensor:
+    """A feature as one ``B x D`` vector per sample: the map flattened (``"flatten"``) or averaged over its
+    positions (``"mean"``); ViT tokens are a grid first, so the class token is left out as in :func:`as_map`.
+
+    >>> feature_vector(torch.ones(2, 3, 4, 4)).shape, feature_vector(torch.ones(2, 17, 8), "mean").shape
+    (torch.Size([2, 48]), torch.Size([2, 8]))
+    """
+    grid = as_map(feature)
+    if pool == "flatten":
+        return grid.flatten(1)
+    if pool == "mean":
+        return grid.mean(dim=(2, 3))
+    raise MethodError(f"pool must be 'flatten' or 'mean', got {pool!r}")
+
+
+def _has_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+class LayerPairs:
+    """Which layers a feature method amalgamates: at each of ``count`` depths, one student module and one tap
+    per teacher.
+
+    By default both sides are the stage outputs at relative depths ``1/count, ..., 1`` (:func:`spread_taps`
+    over :func:`student_stage_taps` and each :meth:`Teacher.tap_names`); ``student_layers`` (module paths)
+    and ``teacher_layers`` (one list of taps per teacher) override them. Wrong names fail early, with the
+    model's available taps in the message.
+    """
+
+    def __init__(self, method: str, teachers: Sequence["Teacher"], count: int,
+                 student_layers: Sequence[str] | None = None,
+                 teacher_layers: Sequence[Sequence[str]] | None = None) -> None:
+        self.method = method
+        # explicit lists fix the number of depths
+        self.count = len(student_layers) if student_layers else len(teacher_layers[0]) if teacher_layers else int(count)
+        if self.count < 1:
+            raise MethodError(f"{method}: feature_layers must be at least 1, got {count}")
+        if teacher_layers is None:
+            self.teacher = [spread_taps(t.tap_names(), self.count) for t in teachers]
+        else:
+            if len(teacher_layers) != len(teachers) or any(len(t) != self.count for t in teacher_layers):
+                raise MethodError(f"{method}: teacher_layers needs {len(teachers)} lists (one per teacher) of "
+                                  f"{self.count} taps, got {teacher_layers}")
+            for teacher, taps in zip(teachers, teacher_layers):
+                known = set(teacher.tap_names(all_modules=True))
+                unknown = [tap for tap in taps if tap not in known]
+                if unknown:
+                    raise MethodError(f"{method}: teacher {teacher.name!r} has no tap(s) {unknown}; its taps are "
+                                      f"{teacher.tap_names()} (any module path of "
+                                      "teacher.tap_names(all_modules=True) also works)")
+            self.teacher = [list(t) for t in teacher_layers]
+        self.student: list[str] | None = list(student_layers) if student_layers else None
+
+    def student_taps(self, student: nn.Module) -> list[str]:
+        """The student's module paths (resolved from its stages on first use, checked when given)."""
+        if self.student is None:
+            self.student = spread_taps(student_stage_taps(student), self.count)
+            return self.student
+        unknown = [path for path in self.student if not _has_module(student, path)]
+        if unknown:
+            try:
+                available = student_stage_taps(student)
+            except MethodError:
+                available = [name for name, _ in student.named_modules() if name][:30]
+            raise MethodError(f"{self.method}: the student has no module(s) {unknown}; its stages are {available} "
+                              "(any path of student.named_modules() also works)")
+        return self.student

@@ -12,7 +12,7 @@ from torch import nn
 from amalgam.errors import MethodError
 from amalgam.methods.base import StepInputs
 from amalgam.methods.blocks import least_entropy_teacher
-from amalgam.methods.features import adapter, as_map, resize_map, spread_taps, student_stage_taps, unit_norm_penalty
+from amalgam.methods.features import LayerPairs, adapter, as_map, common_map, unit_norm_penalty
 from amalgam.methods.registry import register_method
 from amalgam.methods.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
@@ -69,49 +69,39 @@ class SelectiveLearning(WeightedTargets):
         super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
         self.normalize_entropy = bool(normalize_entropy)
         self.feature_weight, self.norm_weight = float(feature_weight), float(norm_weight)
-        self.feature_layers = len(student_layers) if student_layers else int(feature_layers)
-        self.student_layers = list(student_layers) if student_layers else None
-        if teacher_layers is not None:
-            if len(teacher_layers) != self.num_teachers or any(len(t) != self.feature_layers for t in teacher_layers):
-                raise MethodError(f"selective-learning: teacher_layers needs {self.num_teachers} lists (one per "
-                                  f"teacher) of {self.feature_layers} taps, got {teacher_layers}")
-            self.teacher_layers = [list(t) for t in teacher_layers]
-        else:
-            self.teacher_layers = [spread_taps(t.tap_names(), self.feature_layers) for t in teachers]
+        # layers are paired only when the alignment is on: models without stages can still select teachers
+        self.layers = (LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
+                       if self.feature_weight > 0 else None)
         self.student_fams = nn.ModuleList()  # built by attach() from the probed shapes
         self.teacher_fams = nn.ModuleList()
 
     def teacher_taps(self) -> list[list[str]]:
-        return self.teacher_layers if self.feature_weight > 0 else super().teacher_taps()
+        return self.layers.teacher if self.layers else super().teacher_taps()
 
     def student_taps(self, student: nn.Module) -> list[str]:
-        if self.feature_weight <= 0:
-            return []
-        if self.student_layers is None:
-            self.student_layers = spread_taps(student_stage_taps(student), self.feature_layers)
-        return self.student_layers
+        return self.layers.student_taps(student) if self.layers else []
 
     def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
         """Build the FAMs for the widths seen on the probe batch."""
-        if self.feature_weight <= 0:
+        if self.layers is None:
             return
-        widths = [as_map(student_features[tap]).shape[1] for tap in self.student_layers]
+        widths = [as_map(student_features[tap]).shape[1] for tap in self.layers.student]
         common = [max(1, w // 2) for w in widths]
         self.student_fams = nn.ModuleList(adapter(w, c) for w, c in zip(widths, common))
         self.teacher_fams = nn.ModuleList(
             nn.ModuleList(adapter(as_map(out.features[tap]).shape[1], c) for tap, c in zip(taps, common))
-            for out, taps in zip(teacher_outputs, self.teacher_layers)
+            for out, taps in zip(teacher_outputs, self.layers.teacher)
         )
 
     def feature_alignment(self, step: StepInputs, chosen: torch.Tensor) -> torch.Tensor:
         """``sum_b`` mean over samples of the MSE between the student's aligned feature and its selected
         teacher's, plus ``norm_weight * R``."""
         total = step.student_logits.new_zeros(())
-        for b, tap in enumerate(self.student_layers):
+        for b, tap in enumerate(self.layers.student):
             student = self.student_fams[b](as_map(step.student_features[tap]))
             per_teacher = []
             for k, out in enumerate(step.teacher_outputs):
-                teacher = self.teacher_fams[k][b](resize_map(as_map(out.features[self.teacher_layers[k][b]]).float(),
+                teacher = self.teacher_fams[k][b](common_map(out.features[self.layers.teacher[k][b]],
                                                              student.shape[-2:]))
                 per_teacher.append((teacher - student).pow(2).flatten(1).mean(dim=1))
             total = total + torch.stack(per_teacher, dim=1).gather(1, chosen[:, None]).mean()
@@ -120,7 +110,7 @@ class SelectiveLearning(WeightedTargets):
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         losses = super().forward(step)
-        if self.feature_weight > 0:
+        if self.layers is not None:
             if not len(self.student_fams):
                 raise MethodError("selective-learning: feature alignment needs attach() (the engine calls it)")
             chosen = least_entropy_teacher([out.logits for out in step.teacher_outputs], self.normalize_entropy)

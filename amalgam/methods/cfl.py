@@ -1,0 +1,173 @@
+"""Common feature learning (CFL): the student and every teacher meet in one learned feature space."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from amalgam.errors import MethodError
+from amalgam.methods.base import StepInputs
+from amalgam.methods.blocks import MMD_SIGMAS, feature_reconstruction, multi_kernel_mmd
+from amalgam.methods.features import LayerPairs, adapter, as_map, common_map
+from amalgam.methods.registry import register_method
+from amalgam.methods.soft_targets import SoftTargets
+from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.teacher import Teacher, TeacherOutput
+
+
+class ResidualBlock(nn.Module):
+    """3x3 conv, ReLU, 3x3 conv, plus the input (through a 1x1 projection when the width changes), then ReLU.
+
+    The extractor's block of §2's official code, without batch norm as there.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.shortcut = nn.Identity() if in_channels == out_channels else adapter(in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class CommonFeatureBlock(nn.Module):
+    """One depth of CFL (§2): align layers into ``2h`` channels, a shared extractor into the ``h``-channel common
+    space, and one decoder per teacher back to that teacher's width."""
+
+    def __init__(self, student_width: int, teacher_widths: Sequence[int], hidden: int, blocks: int = 3) -> None:
+        super().__init__()
+        self.align_student = nn.Sequential(adapter(student_width, 2 * hidden, bias=False), nn.ReLU())
+        self.align_teachers = nn.ModuleList(
+            nn.Sequential(adapter(w, 2 * hidden, bias=False), nn.ReLU()) for w in teacher_widths
+        )
+        widths = [2 * hidden] + [hidden] * blocks
+        self.extractor = nn.Sequential(*(ResidualBlock(a, b) for a, b in zip(widths, widths[1:])))
+        self.decoders = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden, w, 3, padding=1), nn.ReLU(), adapter(w, w)) for w in teacher_widths
+        )
+
+    def student_code(self, student_map: torch.Tensor) -> torch.Tensor:
+        """``H_s = E(align_s(F_s))``."""
+        return self.extractor(self.align_student(student_map))
+
+    def teacher_code(self, k: int, teacher_map: torch.Tensor) -> torch.Tensor:
+        """``H_k = E(align_k(F_k))``."""
+        return self.extractor(self.align_teachers[k](teacher_map))
+
+
+@register_method
+class CommonFeatureLearning(SoftTargets):
+    """Common feature learning (Luo et al., IJCAI 2019; shared/METHODS.md §2).
+
+    At each paired depth (by default one: the deepest stage of every model, as the official code's ``layer4``),
+    per-teacher align layers (1x1 conv without bias + ReLU, to ``2h`` channels) and one for the student feed a
+    **shared** extractor (three residual blocks, ``2h -> h -> h -> h``, no batch norm) into a common space;
+    per-teacher decoders (3x3 conv + ReLU + 1x1 conv) map the teacher's common feature back to its own width.
+    With ``H_s = E(align_s(F_s))``, ``H_k = E(align_k(F_k))`` and ``F^_k = dec_k(H_k)``, the loss is
+
+        ``soft-targets' terms + lambda * (sum_k MMD^2(H_s, H_k) + beta * sum_k MSE(F^_k, F_k))``
+
+    with the multi-kernel Gaussian MMD of §0.1 (rows flattened and L2-normalised, sigmas
+    ``{0.001, 0.01, 0.05, 0.1, 0.2, 1, 2}``, distances clamped at 1e-12), summed over depths. Teachers are
+    frozen; the MMD trains the student, ``align_s``, the extractor and the ``align_k``; the reconstruction
+    trains the ``align_k``, the extractor and the decoders, so the teacher side cannot collapse to a trivial map.
+
+    Faithful to the official code (VainF/CommonFeatureLearning): the block's layers and widths (``h = 128``),
+    the MMD and its kernels, ``beta = 1``, ``lambda = 10``. Deviations:
+
+    - The soft-target term is amalgam's soft targets (each teacher's softened probabilities placed in the
+      union label space by class name and averaged, ``tau = 4``, plus cross-entropy on the labeled fraction),
+      not one softmax over the concatenated logits at ``tau = 1``: the concatenated target is the
+      ``concat-logits`` reference, which loses to the mean on teachers with disjoint classes.
+    - The official code needs every feature at one spatial size (it flattens ``C x H x W``). Here each teacher's
+      map is resized to the student's spatial size at that depth (average-pooled down or bilinearly up; ViT
+      tokens become a grid first), and the reconstruction target is that resized map.
+    - The CFL block trains with the student's optimiser and learning rate (AdamW, cosine); the official code
+      gives it its own, larger, learning rate in a third parameter group.
+    - ``feature_layers > 1`` (one block per depth) is an extension of ours; the paper uses final features only.
+
+    Args:
+        hidden: ``h``, the common space's width (the align layers give ``2h``).
+        feature_weight: ``lambda``, weight of the common-feature terms.
+        reconstruction_weight: ``beta``, weight of the reconstruction inside them.
+        sigmas: the MMD's kernel widths.
+        feature_layers: how many depths to amalgamate (the deepest included).
+        student_layers, teacher_layers: explicit module paths (student) and taps (one list per teacher) instead
+            of the automatic pairing by relative depth.
+        temperature, weights, soft_weight, label_weight, target: as for ``soft-targets``.
+    """
+
+    name = "cfl"
+    paper = ("Luo, Wang, Fang, Hu, Tao, Song. Knowledge Amalgamation from Heterogeneous Networks by Common Feature "
+             "Learning. IJCAI 2019")
+    summary = "Student and teachers meet in a learned common feature space (MMD + reconstruction) plus soft targets."
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        teachers: Sequence[Teacher],
+        hidden: int = 128,
+        feature_weight: float = 10.0,
+        reconstruction_weight: float = 1.0,
+        sigmas: Sequence[float] = MMD_SIGMAS,
+        feature_layers: int = 1,
+        student_layers: Sequence[str] | None = None,
+        teacher_layers: Sequence[Sequence[str]] | None = None,
+        temperature: float = 4.0,
+        weights: Sequence[float] | None = None,
+        soft_weight: float = 1.0,
+        label_weight: float = 1.0,
+        target: str = "soft",
+    ) -> None:
+        super().__init__(label_space, teachers, temperature, weights, soft_weight, label_weight, target)
+        if hidden < 1 or not sigmas or min(sigmas) <= 0:
+            raise MethodError(f"cfl: hidden must be >= 1 and sigmas positive, got hidden={hidden}, sigmas={sigmas}")
+        self.hidden = int(hidden)
+        self.feature_weight, self.reconstruction_weight = float(feature_weight), float(reconstruction_weight)
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.layers = LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
+        self.blocks = nn.ModuleList()  # one CommonFeatureBlock per depth, built by attach()
+
+    def teacher_taps(self) -> list[list[str]]:
+        return self.layers.teacher
+
+    def student_taps(self, student: nn.Module) -> list[str]:
+        return self.layers.student_taps(student)
+
+    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+        """Build one CFL block per depth for the widths seen on the probe batch."""
+        self.blocks = nn.ModuleList(
+            CommonFeatureBlock(
+                as_map(student_features[tap]).shape[1],
+                [as_map(out.features[taps[b]]).shape[1] for out, taps in zip(teacher_outputs, self.layers.teacher)],
+                self.hidden,
+            )
+            for b, tap in enumerate(self.layers.student)
+        )
+
+    def common_feature_terms(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum_b sum_k MMD^2(H_s, H_k), sum_b sum_k MSE(F^_k, F_k))``, before the weights."""
+        mmd = reconstruction = step.student_logits.new_zeros(())
+        for b, (tap, block) in enumerate(zip(self.layers.student, self.blocks)):
+            student_map = as_map(step.student_features[tap])
+            h_s = block.student_code(student_map)
+            for k, out in enumerate(step.teacher_outputs):
+                f_k = common_map(out.features[self.layers.teacher[k][b]], student_map.shape[-2:])
+                h_k = block.teacher_code(k, f_k)
+                mmd = mmd + multi_kernel_mmd(h_s, h_k, self.sigmas)
+                reconstruction = reconstruction + feature_reconstruction(block.decoders[k](h_k), f_k)
+        return mmd, reconstruction
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        if not len(self.blocks):
+            raise MethodError("cfl: the common-feature blocks are built by attach() (the engine calls it)")
+        losses = super().forward(step)
+        mmd, reconstruction = self.common_feature_terms(step)
+        losses["mmd"] = self.feature_weight * mmd
+        losses["reconstruction"] = self.feature_weight * self.reconstruction_weight * reconstruction
+        return losses

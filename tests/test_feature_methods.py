@@ -1,0 +1,263 @@
+"""Feature-level amalgamation methods of issue 6: common feature learning (§2), autoencoder amalgamation (§3) and
+relative dissimilarity with teacher voting (§1). Their math against hand-computed values, their adapters sized for a
+timm CNN + transformers ViT teacher pair (maps and tokens of different widths), and their losses falling on digits."""
+
+import math
+
+import pytest
+import torch
+
+from amalgam.data import RelabeledImages, load_digits
+from amalgam.engine import TrainConfig, train
+from amalgam.errors import MethodError
+from amalgam.knowledge import LiveSignals
+from amalgam.methods import StepInputs, create_method
+from amalgam.methods.blocks import MMD_SIGMAS, multi_kernel_mmd, relative_dissimilarity_loss, triplet_votes
+from amalgam.methods.features import feature_vector
+from amalgam.students import Student
+from amalgam.teachers import LabelSpace, load_teacher
+
+# --- multi-kernel MMD (§0.1) -------------------------------------------------------------------------------------
+
+
+def test_mmd_of_a_batch_with_itself_is_zero():
+    x = torch.randn(8, 3, 2, 2)
+    assert multi_kernel_mmd(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert multi_kernel_mmd(x, 5 * x).item() == pytest.approx(0.0, abs=1e-6)  # rows are L2-normalised first
+
+
+def test_mmd_2x2_by_hand():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # |x0 - x1|^2 = 2, every other pair at distance 0 (clamped to 1e-12): per kernel, with k0 = k(distance 1e-12)
+    # and k2 = k(distance 2): mean Kxx = (2 k0 + 2 k2) / 4, mean Kyy = k0, mean Kxy = (2 k0 + 2 k2) / 4,
+    # so MMD^2 = (k0 - k2) / 2, summed over the kernels
+    def k(d, s):
+        return math.exp(-d / (2 * s * s))
+
+    expected = sum((k(1e-12, s) - k(2.0, s)) / 2 for s in MMD_SIGMAS)
+    assert expected == pytest.approx(2.5 + (1 - math.exp(-1)) / 2 + (1 - math.exp(-0.25)) / 2, abs=1e-6)
+    assert multi_kernel_mmd(x, y).item() == pytest.approx(expected, rel=1e-5)
+    assert multi_kernel_mmd(x, y, sigmas=[1.0]).item() == pytest.approx((1 - math.exp(-1)) / 2, rel=1e-5)
+    assert multi_kernel_mmd(y, x).item() == pytest.approx(expected, rel=1e-5)  # symmetric
+    with pytest.raises(ValueError, match="one size"):
+        multi_kernel_mmd(x, y[:1])
+
+
+# --- relative dissimilarity and voting (§1) ----------------------------------------------------------------------
+
+LINE_A = torch.tensor([[0.0], [1.0], [3.0]])  # anchor 0: 1 is closer; anchor 1: 0 is closer; anchor 2: 1 is closer
+LINE_B = torch.tensor([[0.0], [3.0], [1.0]])  # disagrees with A on every anchor
+
+
+def test_voting_with_identical_teachers_equals_the_single_teacher_ordering():
+    g = torch.randn(12, 5)
+    one = triplet_votes([g])
+    three = triplet_votes([g, g, g])
+    assert torch.equal(torch.sign(three), torch.sign(one)) and torch.equal(three, 3 * one)
+    student = torch.randn(12, 7, requires_grad=True)  # another width: only distances are compared
+    for vote in ("hard", "soft"):
+        single = relative_dissimilarity_loss(student, one, 1, margin=0.1, vote=vote)
+        assert relative_dissimilarity_loss(student, three, 3, margin=0.1, vote=vote).item() == pytest.approx(
+            single.item())
+
+
+def test_relative_dissimilarity_by_hand():
+    votes = triplet_votes([LINE_A], normalize=False)
+    assert (votes[0, 1, 2], votes[1, 0, 2], votes[2, 1, 0]) == (1, 1, 1)
+    assert (votes > 0).sum() == 3 and (votes < 0).sum() == 3  # each triplet once per orientation
+    student = torch.tensor([[0.0], [2.0], [1.0]])
+    # anchor 0: [d(0,1)=4 - d(0,2)=1]_+ = 3; anchor 1: [d(1,0)=4 - d(1,2)=1]_+ = 3; anchor 2: [d(2,1)=1 - d(2,0)=1]_+ = 0
+    loss = relative_dissimilarity_loss(student, votes, 1, margin=0.0, normalize=False)
+    assert loss.item() == pytest.approx(2.0)
+    assert relative_dissimilarity_loss(student, votes, 1, margin=0.5, normalize=False).item() == pytest.approx(2.5)
+    # the student with the teacher's own features satisfies every triplet (delta = 0)
+    assert relative_dissimilarity_loss(LINE_A, votes, 1, margin=0.0, normalize=False).item() == 0.0
+
+
+def test_conflicting_teachers_tie_and_a_majority_wins():
+    student = torch.tensor([[0.0], [2.0], [1.0]], requires_grad=True)
+    tied = triplet_votes([LINE_A, LINE_B], normalize=False)
+    assert not tied.any()
+    loss = relative_dissimilarity_loss(student, tied, 2, margin=0.0, normalize=False)
+    assert loss.item() == 0.0 and loss.requires_grad
+    majority = triplet_votes([LINE_A, LINE_B, LINE_A], normalize=False)
+    assert torch.equal(torch.sign(majority), triplet_votes([LINE_A], normalize=False))
+    assert relative_dissimilarity_loss(student, majority, 3, margin=0.0, normalize=False).item() == pytest.approx(2.0)
+    # soft vote: each triplet weighted by |1 - 1 + 1| / 3
+    assert relative_dissimilarity_loss(student, majority, 3, margin=0.0, normalize=False,
+                                       vote="soft").item() == pytest.approx(2.0 / 3)
+
+
+# --- the methods on the demo teachers (timm CNN on 0-4, transformers ViT on 5-9) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(demo_zoo):
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    space = LabelSpace.union([t.class_names for t in teachers])
+    digits = load_digits()
+    label_map = [space.index_of(c) for c in digits.class_names]
+    transfer = RelabeledImages(torch.utils.data.Subset(digits.train, range(96)), label_map)
+    return teachers, space, transfer
+
+
+def _student(space):
+    return Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
+
+
+def _train(name, options, setup, epochs=4):
+    teachers, space, transfer = setup
+    torch.manual_seed(0)
+    method = create_method(name, space, teachers, options)
+    history = train(_student(space), method, LiveSignals(teachers, method.teacher_taps()), transfer,
+                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3), progress=False)
+    return method, history
+
+
+def test_cfl_blocks_are_sized_for_a_cnn_and_a_vit_and_its_loss_falls(setup):
+    teachers, _, _ = setup
+    method, history = _train("cfl", {}, setup)
+    # the deepest stage of each: student blocks.4 (64 ch, 1x1), CNN layer4 (96 ch, 1x1), ViT tokens (64 wide, 4x4)
+    assert method.layers.student == ["model.blocks.4"]
+    assert method.teacher_taps() == [["layer4"], ["hidden_states.3"]]
+    block = method.blocks[0]
+    assert (block.align_student[0].in_channels, block.align_student[0].out_channels) == (64, 256)  # 2h, h = 128
+    assert [a[0].in_channels for a in block.align_teachers] == [96, teachers[1].model.config.hidden_size]
+    assert [d[-1].out_channels for d in block.decoders] == [96, 64]
+    assert [b.body[-1].out_channels for b in block.extractor] == [128, 128, 128]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
+    assert history[-1]["reconstruction"] < history[0]["reconstruction"], history
+    assert all(h["mmd"] > 0 for h in history)
+
+
+def test_cfl_mmd_is_zero_when_the_student_has_the_teachers_features(setup):
+    teachers, space, transfer = setup
+    method = create_method("cfl", space, [teachers[0], teachers[0]], {"hidden": 8, "teacher_layers": [["layer3"]] * 2,
+                                                                       "student_layers": ["model.blocks.3"]})
+    images = torch.stack([transfer[i][0] for i in range(6)])
+    out = teachers[0](images, taps=["layer3"])
+    feature = out.features["layer3"]
+    method.attach({"model.blocks.3": feature}, [out, out])
+    block = method.blocks[0]
+    assert multi_kernel_mmd(block.student_code(feature), block.teacher_code(0, feature)).item() > 0
+    for align in block.align_teachers:  # the student's and both teachers' align layers made one and the same
+        align.load_state_dict(block.align_student.state_dict())
+    step = StepInputs(torch.zeros(6, space.num_classes), [out, out], torch.full((6,), -1), images,
+                      {"model.blocks.3": feature})
+    mmd, reconstruction = method.common_feature_terms(step)
+    assert mmd.item() == pytest.approx(0.0, abs=1e-5) and reconstruction.item() > 0
+
+
+def test_autoencoders_are_sized_for_a_cnn_and_a_vit_and_the_loss_falls(setup):
+    method, history = _train("autoencoder-amalgamation", {}, setup)
+    assert method.layers.student == ["model.blocks.1", "model.blocks.3", "model.blocks.4"]
+    assert method.teacher_taps() == [["layer1", "layer3", "layer4"], ["hidden_states.1", "hidden_states.2",
+                                                                       "hidden_states.3"]]
+    # concatenated teachers (CNN width + ViT width 64) -> the student's width at that depth
+    shapes = [(ae.encoder.in_channels, ae.encoder.out_channels, ae.decoder.out_channels) for ae in method.autoencoders]
+    assert shapes == [(32 + 64, 24, 96), (192 + 64, 48, 256), (96 + 64, 64, 160)]
+    assert [ae.student_adapter.in_channels for ae in method.autoencoders] == [24, 48, 64]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
+    assert history[-1]["reconstruction"] < 0.7 * history[0]["reconstruction"], history
+
+
+def _identical_teacher_step(setup, width_of_code=None):
+    """Two copies of the CNN teacher at layer2 (48 channels, 4x4), and a student map of the code's width."""
+    teachers, _, transfer = setup
+    twins = [teachers[0], teachers[0]]
+    space = LabelSpace.union([t.class_names for t in twins])
+    method = create_method("autoencoder-amalgamation", space, twins,
+                           {"teacher_layers": [["layer2"], ["layer2"]], "student_layers": ["model.blocks.2"]})
+    images = torch.stack([transfer[i][0] for i in range(32)])
+    out = teachers[0](images, taps=["layer2"])
+    width = out.features["layer2"].shape[1]
+    student = torch.randn(32, width_of_code or width, 4, 4)
+    method.attach({"model.blocks.2": student}, [out, out])
+    step = StepInputs(torch.zeros(32, space.num_classes), [out, out], torch.full((32,), -1), images,
+                      {"model.blocks.2": student})
+    return method, step, out.features["layer2"]
+
+
+def test_autoencoder_reconstructs_identical_teachers_exactly_with_mean_encoder_and_copy_decoder(setup):
+    method, step, feature = _identical_teacher_step(setup)
+    ae = method.autoencoders[0]
+    c = feature.shape[1]
+    eye = torch.eye(c)[:, :, None, None]
+    with torch.no_grad():
+        ae.encoder.weight.copy_(torch.cat([eye, eye], dim=1) / 2)  # A = (F_1 + F_2) / 2 = F
+        ae.decoder.weight.copy_(torch.cat([eye, eye], dim=0))  # D(A) = [A; A]
+        ae.encoder.bias.zero_(), ae.decoder.bias.zero_()
+    code, reconstruction = ae([feature, feature])
+    assert torch.allclose(code, feature, atol=1e-6) and reconstruction.item() == pytest.approx(0.0, abs=1e-10)
+    code_loss, total = method.layer_terms(step)
+    assert total.item() == pytest.approx(0.0, abs=1e-10) and code_loss.item() > 0
+
+
+def test_autoencoder_learns_to_compress_identical_teachers_to_half_their_width(setup):
+    method, _, feature = _identical_teacher_step(setup)  # code width 48 = one teacher's, half the concatenation
+    ae = method.autoencoders[0]
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(list(ae.encoder.parameters()) + list(ae.decoder.parameters()), lr=1e-2)
+    first = None
+    for _ in range(150):
+        _, loss = ae([feature, feature])
+        first = first or loss.item()
+        optimizer.zero_grad(), loss.backward(), optimizer.step()
+    assert loss.item() < 0.01 * first, (first, loss.item())
+
+
+def test_progressive_schedule_switches_layers_on_bottom_to_top_then_the_output(setup):
+    teachers, space, _ = setup
+    method = create_method("autoencoder-amalgamation", space, teachers, {"schedule": "progressive"})
+    seen = []
+    for epoch in range(1, 9):  # 3 layers + the output: stages start at 0, 1/4, 1/2 and 3/4 of the run
+        method.start_epoch(epoch, 8)
+        seen.append((method.active_layers, method.output_active))
+    assert seen == [(1, False), (1, False), (2, False), (2, False), (3, False), (3, False), (3, True), (3, True)]
+    method, history = _train("autoencoder-amalgamation", {"schedule": "progressive"}, setup)
+    assert [h["soft"] for h in history[:3]] == [0.0, 0.0, 0.0] and history[3]["soft"] > 0
+    assert "labels" not in history[0] and history[-1]["reconstruction"] < history[0]["reconstruction"]
+
+
+def test_relative_dissimilarity_pairs_widths_without_adapters_and_its_loss_falls(setup):
+    teachers, _, transfer = setup
+    method, history = _train("relative-dissimilarity", {}, setup)
+    assert not list(method.parameters())  # distances only: no regressor between 64, 96 and 64 x 16 features
+    assert method.layers.student == ["model.blocks.4"]
+    images = torch.stack([transfer[i][0] for i in range(4)])
+    widths = [feature_vector(t(images, taps=taps).features[taps[0]]).shape[1]
+              for t, taps in zip(teachers, method.teacher_taps())]
+    assert widths == [96, 64 * 16]  # CNN 96 x 1 x 1; ViT tokens as a 4 x 4 grid, class token left out
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
+    assert history[-1]["dissimilarity"] < history[0]["dissimilarity"], history
+
+
+def test_stagewise_relative_dissimilarity_trains_the_hints_first(setup):
+    _, history = _train("relative-dissimilarity", {"stagewise": True}, setup)
+    assert [h["soft"] for h in history[:2]] == [0.0, 0.0] and history[2]["soft"] > 0
+    assert history[1]["dissimilarity"] < history[0]["dissimilarity"], history
+
+
+@pytest.mark.parametrize("name", ["cfl", "autoencoder-amalgamation", "relative-dissimilarity"])
+def test_wrong_layer_names_list_the_available_taps(setup, name):
+    teachers, space, _ = setup
+    with pytest.raises(MethodError, match=r"teacher 'cnn-digits-0to4' has no tap\(s\) \['layer9'\]; its taps are "
+                                          r"\['act1', 'layer1', 'layer2', 'layer3', 'layer4'\]"):
+        create_method(name, space, teachers, {"teacher_layers": [["layer9"], ["hidden_states.3"]]})
+    with pytest.raises(MethodError, match="teacher_layers needs 2 lists"):
+        create_method(name, space, teachers, {"teacher_layers": [["layer4"]]})
+    method = create_method(name, space, teachers, {"student_layers": ["model.blocks.9"],
+                                                   "teacher_layers": [["layer4"], ["hidden_states.3"]]})
+    with pytest.raises(MethodError, match=r"no module\(s\) \['model.blocks.9'\]; its stages are \[.*'model.blocks.4'\]"):
+        method.student_taps(_student(space))
+
+
+def test_explicit_layers_override_the_pairing(setup):
+    method, history = _train("cfl", {"hidden": 16, "student_layers": ["model.blocks.2", "model.blocks.3"],
+                                     "teacher_layers": [["layer2", "layer3"], ["hidden_states.1", "hidden_states.2"]]},
+                             setup, epochs=1)
+    assert method.layers.student == ["model.blocks.2", "model.blocks.3"]
+    assert [b.align_student[0].in_channels for b in method.blocks] == [32, 48]
+    assert [[a[0].in_channels for a in b.align_teachers] for b in method.blocks] == [[48, 64], [192, 64]]
+    assert math.isfinite(history[0]["loss"])
