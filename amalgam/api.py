@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,14 +19,16 @@ from amalgam.engine import (
     TrainConfig, accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions,
     target_accuracy, train,
 )
+from amalgam.engine.checkpoint import CheckpointError, check_checkpoint_dir
 from amalgam.engine.trainer import EpochCallback
 from amalgam.errors import DataError, MethodError, TeacherError
-from amalgam.knowledge import CachedSignals, LiveSignals, TeacherSignals
+from amalgam.knowledge import DEFAULT_MAX_CACHE_GB, CachedSignals, KnowledgeCache, LiveSignals, TeacherSignals
 from amalgam.methods import LabeledSet, Method, create_method
 from amalgam.students import Student, default_input_size
 from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
 DEFAULT_STUDENT = "test_efficientnet"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,8 +73,13 @@ def amalgamate(
     lr: float = 3e-3,
     seed: int = 0,
     mixed_precision: str = "no",
+    grad_accumulation: int = 1,
+    checkpoint_every: int = 0,
     run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
     cache_teachers: bool = True,
+    knowledge_cache: bool | str | os.PathLike = True,
+    max_cache_gb: float = DEFAULT_MAX_CACHE_GB,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -87,11 +95,26 @@ def amalgamate(
         method_options: the method's keyword options (checked before training starts).
         label_mapping: renames/merges teacher classes, see :meth:`LabelSpace.union`.
         labeled_fraction: stratified fraction of the transfer set whose labels the method may use.
-        run_dir: where to save ``student/``, ``metrics.json`` and ``run.json`` (nothing saved if ``None``).
-        cache_teachers: compute the teachers' logits on the transfer set once, instead of every epoch (used
-            when the method needs no intermediate features; the teachers are frozen, so results are the same).
+        mixed_precision: ``"no"``, ``"bf16"`` (GPUs and CPUs) or ``"fp16"`` (GPUs), passed to accelerate.
+        grad_accumulation: batches whose gradients are averaged into one optimizer step (an effective batch of
+            ``batch_size * grad_accumulation`` in the memory of ``batch_size``).
+        checkpoint_every: optimizer steps between checkpoints in ``run_dir/checkpoints`` (0: only at the end of
+            each epoch; without ``run_dir`` there are none).
+        run_dir: where to save ``student/``, ``metrics.json``, ``run.json`` and the training checkpoints
+            (``checkpoints/``, the newest only); nothing saved if ``None``. A new run needs a folder without
+            checkpoints.
+        resume: continue the run in ``run_dir`` from its newest checkpoint, with the same arguments it was started
+            with; it ends with the weights an uninterrupted run would have.
+        cache_teachers: compute the teachers' outputs on the transfer set once, instead of every batch (the
+            teachers are frozen, so results are the same). ``False`` runs the teachers live on every batch.
+        knowledge_cache: where the computed outputs are kept: ``True``, on disk under
+            ``$AMALGAM_HOME/knowledge`` (logits and the features the method taps, reused by later runs with the
+            same teacher weights, data, input transform and taps); a folder, on disk there; ``False``, in
+            memory for this run only (logits only: a method that taps features then runs the teachers live).
+        max_cache_gb: the most a run may write to the knowledge cache; a larger cache is refused with an error.
         should_stop: asked between training batches; when it returns True the run ends, raising
-            :class:`~amalgam.errors.RunCancelled` (``run.json`` stays, nothing else is saved).
+            :class:`~amalgam.errors.RunCancelled` (``run.json`` and the newest checkpoint stay, nothing else is
+            saved).
 
     Example:
         >>> from amalgam.zoo import build_demo_zoo
@@ -103,7 +126,13 @@ def amalgamate(
     if not teachers:
         raise TeacherError("amalgamate needs at least one teacher")
     teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, mixed_precision=mixed_precision)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, mixed_precision=mixed_precision,
+                         grad_accumulation=grad_accumulation, checkpoint_every=checkpoint_every)
+    checkpoints = Path(run_dir) / "checkpoints" if run_dir is not None else None
+    if resume and checkpoints is None:
+        raise CheckpointError("amalgamate(resume=True) needs run_dir: the folder of the run to continue")
+    if checkpoints is not None:  # before any work: a resumed run needs a checkpoint there, a new one none
+        check_checkpoint_dir(checkpoints, resume, argument="run_dir's checkpoint folder")
     data = load_data(data)
     label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
     label_map = data_label_map(data, label_space)
@@ -142,18 +171,19 @@ def amalgamate(
                     "input": student.input_spec.to_dict()},
         "train": config.to_dict(),
     }
-    if run_path is not None:  # written first, so a crashed run still says what it was
+    if run_path is not None and not resume:  # written first, so a crashed run still says what it was
         run_path.mkdir(parents=True, exist_ok=True)
         (run_path / "run.json").write_text(json.dumps(description, indent=2))
 
-    signals = _teacher_signals(teachers, method_module, transfer, cache_teachers, progress)
+    signals = _teacher_signals(teachers, method_module, transfer, data.name, cache_teachers, knowledge_cache,
+                               max_cache_gb, progress)
     if signals is not None:
         labeled = LabeledSet.gather(transfer, visible, signals) if visible.size else None
-        method_module.prepare(labeled, signals.logits if isinstance(signals, CachedSignals) else None)
+        method_module.prepare(labeled, getattr(signals, "logits", None))  # whole-set logits when computed once
     history = train(
         student, method_module, signals, transfer, config,
         evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,
-        should_stop=should_stop,
+        should_stop=should_stop, checkpoint_dir=checkpoints, resume=resume,
     )
     predictions, targets = student_predictions(student, test)
     metrics = {
@@ -180,17 +210,29 @@ def amalgamate(
     return AmalgamationResult(student, metrics, label_space, teachers, run_path, history)
 
 
-def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, cache: bool,
+def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, data_name: str,
+                     cache: bool, knowledge_cache: bool | str | os.PathLike, max_cache_gb: float,
                      progress: bool) -> TeacherSignals | None:
     from accelerate import PartialState
 
     if not method.uses_teachers:
         return None
+    state = PartialState()
     for teacher in teachers:
-        teacher.to(PartialState().device)
+        teacher.to(state.device)
     taps = method.teacher_taps()
+    if cache and knowledge_cache is not False:
+        root = None if knowledge_cache is True else Path(knowledge_cache)
+        with state.local_main_process_first():  # one process writes a missing cache, the others then read it
+            return KnowledgeCache.build(teachers, transfer, data_name=data_name, taps=taps, root=root,
+                                        max_cache_gb=max_cache_gb, progress=progress and state.is_local_main_process)
     if cache and not any(taps):
         return CachedSignals.compute(teachers, transfer, progress=progress)
+    # Live teachers see exactly the batch the student sees: the path for random augmentation, should it be added.
+    logger.info("teacher signals: live teachers on every batch (%s); cached signals would hold only for "
+                "un-augmented images, and amalgam applies no random augmentation",
+                "cache_teachers=False" if not cache else "knowledge_cache=False keeps only logits in memory and the "
+                "method taps features")
     return LiveSignals(teachers, taps)
 
 

@@ -1,5 +1,5 @@
-"""The ``amalgam`` command line: ``amalgam run [RECIPE]``, ``amalgam methods``, ``amalgam teacher SOURCE``,
-``amalgam push RUN_DIR REPO_ID``."""
+"""The ``amalgam`` command line: ``amalgam run [RECIPE]`` (``--resume RUN_DIR`` continues a run that stopped),
+``amalgam methods``, ``amalgam teacher SOURCE``, ``amalgam push RUN_DIR REPO_ID``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from amalgam.errors import AmalgamError
+from amalgam.errors import AmalgamError, RecipeError
 from amalgam.publish.card import DEFAULT_LICENSE
-from amalgam.recipe import Recipe, load_recipe
+from amalgam.recipe import Recipe, load_recipe, parse_recipe
+
+RECIPE_FILE = "recipe.json"  # the recipe a run was started with, in its run folder, for --resume
 
 
 def _run_dir(recipe: Recipe) -> Path:
@@ -22,8 +24,9 @@ def _run_dir(recipe: Recipe) -> Path:
     return Path(recipe.output.dir) / f"{stamp}-{recipe.method.name}-{data}"
 
 
-def run_recipe(recipe: Recipe, progress: bool = True):
-    """Load the recipe's teachers (or the demo zoo) and amalgamate; returns the result."""
+def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None):
+    """Load the recipe's teachers (or the demo zoo) and amalgamate into a new run folder, or continue the run in
+    the folder ``resume`` from its newest checkpoint; returns the result."""
     from amalgam.api import amalgamate
     from amalgam.data import load_data
     from amalgam.teachers import load_teacher
@@ -40,6 +43,10 @@ def run_recipe(recipe: Recipe, progress: bool = True):
     if progress:
         for teacher in teachers:
             print(f"teacher {teacher!r}  from {teacher.describe()['source']}")
+    run_dir = resume if resume is not None else _run_dir(recipe)
+    if resume is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=2))
     return amalgamate(
         teachers,
         student=recipe.student.architecture,
@@ -54,19 +61,34 @@ def run_recipe(recipe: Recipe, progress: bool = True):
         lr=recipe.train.lr,
         seed=recipe.train.seed,
         mixed_precision=recipe.train.mixed_precision,
-        run_dir=_run_dir(recipe),
+        grad_accumulation=recipe.train.grad_accumulation,
+        checkpoint_every=recipe.train.checkpoint_every,
+        run_dir=run_dir,
+        resume=resume is not None,
         progress=progress,
     )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    resume = Path(args.resume) if args.resume is not None else None
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+    elif resume is not None:
+        saved = resume / RECIPE_FILE
+        if not saved.is_file():
+            raise RecipeError(f"--resume {args.resume}: {saved} not found (it is written by `amalgam run`); pass the "
+                              "recipe the run was started with: amalgam run RECIPE --resume RUN_DIR")
+        recipe = parse_recipe(json.loads(saved.read_text()))
+    else:
+        recipe = Recipe()
     if args.epochs is not None:
         recipe.train.epochs = args.epochs
+    if args.mixed_precision is not None:
+        recipe.train.mixed_precision = args.mixed_precision
     if args.out is not None:
         recipe.output.dir = args.out
-    result = run_recipe(recipe, progress=not args.quiet)
+    result = run_recipe(recipe, progress=not args.quiet, resume=resume)
     print()
     print(result.table())
     print(f"\nstudent, metrics.json and run.json saved in {result.run_dir}")
@@ -108,7 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an amalgamation (default: demo teachers on digits)")
     run.add_argument("recipe", nargs="?", help="a .toml or .yaml recipe (see amalgam.recipe)")
     run.add_argument("--epochs", type=int, help="override the recipe's train.epochs")
-    run.add_argument("--out", help="override the recipe's output.dir (default: runs)")
+    run.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+                     help="override the recipe's train.mixed_precision (fp16 needs a GPU)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--out", help="override the recipe's output.dir (default: runs)")
+    where.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its newest checkpoint (its saved recipe, unless a "
+                            "recipe is given: it must be the one the run was started with)")
     run.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
     run.set_defaults(func=_cmd_run)
     methods = commands.add_parser("methods", help="list the registered methods and their options")

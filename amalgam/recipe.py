@@ -16,6 +16,9 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     options = { temperature = 4.0 }
     [train]
     epochs = 10
+    mixed_precision = "no"          # no | bf16 | fp16 (fp16 on GPUs only)
+    grad_accumulation = 1           # batches per optimizer step
+    checkpoint_every = 0            # optimizer steps between checkpoints (0: at the end of each epoch only)
     [output]
     dir = "runs"
 """
@@ -71,6 +74,8 @@ class TrainSection:
     lr: float = 3e-3
     seed: int = 0
     mixed_precision: str = "no"
+    grad_accumulation: int = 1
+    checkpoint_every: int = 0
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Where teacher knowledge comes from during training: the teachers themselves, or outputs computed once.
 
 Teachers are frozen and amalgam applies no random augmentation, so a teacher's output for a transfer image is
-the same every epoch: :class:`CachedSignals` computes it once and every later epoch costs only the student.
-Methods that tap intermediate features read them live (:class:`LiveSignals`); caching features on disk, keyed
-by teacher revision and data, is the knowledge cache's next step.
+the same every epoch: :class:`CachedSignals` computes the logits once, in memory, and every later epoch costs
+only the student. :class:`~amalgam.knowledge.cache.KnowledgeCache` does the same for logits and tapped features
+on disk, reused across runs; :class:`LiveSignals` runs the teachers on every batch.
 """
 
 from __future__ import annotations

@@ -1,0 +1,398 @@
+"""The knowledge cache: every teacher's logits and tapped features on the transfer set, computed once, on disk.
+
+Teachers are frozen, so what a teacher says about a transfer image never changes: :class:`KnowledgeCache`
+computes it once per teacher and stores it as an Arrow file written with ``datasets`` (memory-mapped when read),
+so later epochs and later runs read rows instead of running teachers.
+
+**Key.** Each teacher's cache lives in ``$AMALGAM_HOME/knowledge/<key>/``, where ``<key>`` hashes everything the
+stored numbers depend on: the teacher's identity (Hub repo id + resolved commit; else a hash of its files; else,
+for an in-memory module, of its ``state_dict``), the data fingerprint (name, split, size and a digest of the
+sample contents), the teacher's input transform (``input_spec.to_dict()``), the taps and :data:`FORMAT_VERSION`.
+Change any of them and the key changes, so the signals are computed again; nothing is ever invalidated in place.
+
+**Layout.** ``<key>/knowledge.arrow`` has one row per transfer sample (in transfer-set order): a ``logits``
+column (float32, exact) and one ``tap_<i>`` column per tap (float16, flattened; the shape is in the metadata).
+``<key>/key.json`` holds the key's material, the shapes and the size, for people and for checking on read.
+
+**Atomicity.** A cache is written into ``.partial-<key>-<host>-<pid>-<random>/`` beside its final place and
+renamed to ``<key>/`` only once complete, so a crash never leaves a folder that a later run reads; a failed
+write removes its partial folder, and partial folders left by dead processes are removed on the next write.
+
+**Memory.** Teachers are run one at a time, rows are streamed to disk batch by batch, and teachers given as
+sources (Hub ids, folders) are loaded one at a time and freed after use: peak memory is about the largest
+teacher plus a batch, not the sum of the teachers (``bench/memory.py`` measures it).
+
+**Augmentation.** amalgam applies no random augmentation, so a cached row is valid for every epoch. If random
+augmentation is ever added, cached signals would no longer match the images the student sees: the cache must
+then store per-sample augmentation parameters (and apply the same ones to the student's batch), or the run must
+use live teachers (``amalgamate(..., cache_teachers=False)``, which says so in the log).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from amalgam.data.images import RelabeledImages, TensorImages
+from amalgam.errors import AmalgamError
+from amalgam.knowledge.signals import CACHE_BATCH, IndexedImages
+from amalgam.teachers.sources import TEACHER_FILES
+from amalgam.teachers.teacher import Teacher, TeacherOutput, load_teacher
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the layout or the meaning of the stored numbers changes
+DEFAULT_MAX_CACHE_GB = 20.0
+ARROW_FILE = "knowledge.arrow"
+KEY_FILE = "key.json"
+PARTIAL_PREFIX = ".partial-"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_HASH_CHUNK = 1 << 24
+
+
+class KnowledgeCacheError(AmalgamError):
+    """The knowledge cache cannot be written (for example, it would exceed ``max_cache_gb``)."""
+
+
+def knowledge_root() -> Path:
+    """Where knowledge caches live by default: ``$AMALGAM_HOME/knowledge``."""
+    from amalgam.zoo.demo import amalgam_home
+
+    return amalgam_home() / "knowledge"
+
+
+# --------------------------------------------------------------------------------------------- key material
+
+
+def teacher_identity(teacher: Teacher) -> dict[str, Any]:
+    """What pins a teacher's weights: Hub repo + commit, else a hash of its files, else of its ``state_dict``.
+
+    A Hub revision that is not a commit (a branch name that could move) is not trusted: the files are hashed.
+    """
+    source = teacher.source
+    identity: dict[str, Any] = {"library": teacher.library, "architecture": teacher.architecture}
+    if source is not None and source.repo_id and source.revision and _COMMIT.match(source.revision):
+        identity.update(repo_id=source.repo_id, revision=source.revision)
+    elif source is not None:
+        identity["files"] = _hash_files(source.folder)
+    else:
+        identity["state_dict"] = _hash_state_dict(teacher.model)
+    return identity
+
+
+def _hash_files(folder: Path) -> str:
+    """Digest of the files a teacher is built from (the same patterns the Hub download fetches)."""
+    digest = hashlib.blake2b(digest_size=20)
+    files = sorted({p for pattern in TEACHER_FILES for p in folder.rglob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_state_dict(model: torch.nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(type(model).__qualname__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers cannot be viewed as bytes
+        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}".encode())
+        digest.update(memoryview(array.view(torch.uint8).numpy()) if array.numel() else b"")
+    return digest.hexdigest()
+
+
+def data_fingerprint(data: Dataset, name: str, split: str = "train") -> dict[str, Any]:
+    """Name, split, size and a digest of the samples' contents (labels excluded: teachers never see them).
+
+    In-memory tensors are hashed whole; a ``datasets`` split contributes the content fingerprint ``datasets``
+    itself keys its caches with; any other data set is read once and every image's bytes are hashed.
+
+    Example:
+        >>> from amalgam.data import TensorImages
+        >>> images = TensorImages(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3))
+        >>> fingerprint = data_fingerprint(images, "blank")
+        >>> fingerprint["size"], len(fingerprint["digest"])
+        (3, 40)
+    """
+    return {"name": name, "split": split, "size": len(data), "digest": _content_digest(data)}
+
+
+def _content_digest(data: Dataset) -> str:
+    from amalgam.data.hf import HFImages
+
+    digest = hashlib.blake2b(digest_size=20)
+    if isinstance(data, (RelabeledImages, IndexedImages)):  # views that change labels or add indices only
+        return _content_digest(data.base)
+    if isinstance(data, Subset):
+        digest.update(_content_digest(data.dataset).encode())
+        digest.update(np.asarray(data.indices, dtype=np.int64).tobytes())
+    elif isinstance(data, TensorImages):
+        images = data.images.contiguous()
+        digest.update(f"tensor:{images.dtype}:{tuple(images.shape)}".encode())
+        digest.update(memoryview(images.numpy()))
+    elif isinstance(data, HFImages) and getattr(data.split, "_fingerprint", None):
+        digest.update(f"datasets:{data.split._fingerprint}:{data.image_column}:{data.channels}:{data.size}".encode())
+    else:  # unknown kind of data set: hash what the teachers will actually see
+        for index in range(len(data)):
+            image = torch.as_tensor(data[index][0]).contiguous()
+            digest.update(f"{image.dtype}:{tuple(image.shape)}".encode())
+            digest.update(memoryview(image.numpy()))
+    return digest.hexdigest()
+
+
+def cache_key(identity: dict[str, Any], fingerprint: dict[str, Any], input_spec: dict[str, Any],
+              taps: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The folder name of one teacher's cache, and the material it hashes (stored in ``key.json``)."""
+    material = {"format": FORMAT_VERSION, "teacher": identity, "data": fingerprint, "input": input_spec,
+                "taps": list(taps)}
+    text = json.dumps(material, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest(), material
+
+
+# --------------------------------------------------------------------------------------------------- cache
+
+
+class KnowledgeCache:
+    """Teacher signals read from the on-disk knowledge cache (a :class:`~amalgam.knowledge.TeacherSignals`).
+
+    Build it with :meth:`build`; calling it returns each teacher's logits (float32, exactly what the teacher
+    said) and tapped features (stored float16, returned float32) for the given transfer indices. ``logits``
+    holds every teacher's logits on the whole transfer set (what methods' ``prepare`` may calibrate on).
+
+    Example:
+        >>> import tempfile, timm
+        >>> from amalgam.data import TensorImages
+        >>> from amalgam.teachers import load_teacher
+        >>> teacher = load_teacher(timm.create_model("test_resnet", num_classes=3), class_names=["a", "b", "c"])
+        >>> images = TensorImages(torch.zeros(5, 1, 8, 8, dtype=torch.uint8), torch.zeros(5, dtype=torch.long))
+        >>> cache = KnowledgeCache.build([teacher], images, data_name="blank", taps=[["layer1"]],
+        ...                              root=tempfile.mkdtemp(), progress=False)
+        >>> out = cache(torch.zeros(2, 1, 8, 8), torch.tensor([0, 4]))[0]
+        >>> out.logits.shape, out.features["layer1"].dtype
+        (torch.Size([2, 3]), torch.float32)
+    """
+
+    def __init__(self, folders: Sequence[Path]) -> None:
+        import datasets
+
+        self.folders = [Path(f) for f in folders]
+        self.meta = [json.loads((f / KEY_FILE).read_text()) for f in self.folders]
+        # memory-mapped: opening costs nothing, rows are paged in as they are read
+        self.datasets = [datasets.Dataset.from_file(str(f / ARROW_FILE)) for f in self.folders]
+        self.logits = [  # small (samples x classes): kept in memory; features stay on disk until looked up
+            torch.from_numpy(np.asarray(ds.with_format("numpy", columns=["logits"])[:]["logits"], dtype=np.float32))
+            for ds in self.datasets
+        ]
+        self._taps = [list(meta["features"]) for meta in self.meta]
+        self._tables = [ds.with_format("numpy", columns=[meta["features"][t]["column"] for t in taps])
+                        for ds, meta, taps in zip(self.datasets, self.meta, self._taps)]
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        teachers: Sequence[Teacher | str | os.PathLike],
+        data: Dataset,
+        *,
+        data_name: str,
+        split: str = "train",
+        taps: Sequence[Sequence[str]] | None = None,
+        root: str | os.PathLike | None = None,
+        max_cache_gb: float = DEFAULT_MAX_CACHE_GB,
+        batch_size: int = CACHE_BATCH,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+    ) -> "KnowledgeCache":
+        """Open each teacher's cache, computing (and writing) the ones that are missing.
+
+        Args:
+            teachers: :class:`Teacher` objects (run where they are), or sources for :func:`load_teacher`, which
+                are loaded one at a time, on ``device`` (default CPU), and freed once their cache is written.
+            data: the transfer set, yielding ``(image, label)`` in a fixed order (labels are not used).
+            data_name, split: name the data in the key (the contents are digested as well).
+            taps: per teacher, the feature taps to store (none by default).
+            root: the cache folder (default :func:`knowledge_root`).
+            max_cache_gb: refuse to write more than this many GB in this call (caches already on disk are free).
+            batch_size: teacher batch size while computing.
+        """
+        root = Path(root) if root is not None else knowledge_root()
+        taps = [list(t) for t in taps] if taps is not None else [[] for _ in teachers]
+        if len(taps) != len(teachers):
+            raise ValueError(f"{len(teachers)} teachers but {len(taps)} tap lists")
+        fingerprint = data_fingerprint(data, data_name, split)
+        budget = {"limit": int(max_cache_gb * 1e9), "written": 0}
+        folders = []
+        for source, teacher_taps in zip(teachers, taps):
+            owned = not isinstance(source, Teacher)
+            teacher = load_teacher(source).to(device or "cpu") if owned else source
+            key, material = cache_key(teacher_identity(teacher), fingerprint, teacher.input_spec.to_dict(),
+                                      teacher_taps)
+            folder = root / key
+            if _complete(folder, len(data)):
+                logger.info("knowledge cache: teacher %s read from %s", teacher.name, folder)
+            else:
+                _write(teacher, teacher_taps, data, folder, material, batch_size, budget, max_cache_gb, progress)
+            folders.append(folder)
+            if owned:  # one teacher in memory at a time
+                del teacher
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        return cls(folders)
+
+    def to(self, device: torch.device | str) -> None:
+        """Nothing to move: rows are sent to the batch's device as they are looked up."""
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> list[TeacherOutput]:
+        rows = indices.cpu()
+        outputs = []
+        for logits, table, meta, taps in zip(self.logits, self._tables, self.meta, self._taps):
+            features = {}
+            if taps:
+                batch = table[rows.tolist()]
+                for tap in taps:
+                    spec = meta["features"][tap]
+                    values = torch.from_numpy(np.asarray(batch[spec["column"]]))
+                    features[tap] = values.to(images.device).float().reshape(len(rows), *spec["shape"])
+            outputs.append(TeacherOutput(logits=logits[rows].to(images.device), features=features))
+        return outputs
+
+
+def _complete(folder: Path, size: int) -> bool:
+    """Whether ``folder`` is a finished cache of ``size`` rows (only renamed-into-place folders exist)."""
+    try:
+        meta = json.loads((folder / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        if folder.exists():  # not ours, or damaged by hand: recompute rather than trust it
+            logger.warning("knowledge cache: %s is unreadable; computing it again", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        return False
+    if meta.get("samples") != size or not (folder / ARROW_FILE).is_file():
+        logger.warning("knowledge cache: %s does not match its key; computing it again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    return True
+
+
+def _write(teacher: Teacher, taps: list[str], data: Dataset, folder: Path, material: dict[str, Any],
+           batch_size: int, budget: dict[str, int], max_cache_gb: float, progress: bool) -> None:
+    import pyarrow as pa
+    from datasets import Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(folder)
+    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial = folder.parent / f"{PARTIAL_PREFIX}{folder.name}-{owner}"
+    partial.mkdir()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    bar = tqdm(loader, desc=f"teacher {teacher.name}", disable=not progress, leave=False)
+    writer = None
+    meta: dict[str, Any] = {}
+    try:
+        for batch in bar:
+            out = teacher(batch[0], taps=taps)
+            logits = out.logits.detach().float().cpu().numpy()
+            features = [out.features[t].detach().to(torch.float16).cpu() for t in taps]
+            if writer is None:  # the first batch tells the shapes: size the cache before writing any of it
+                meta = _plan(teacher, taps, data, logits, features, folder.name, material, budget, max_cache_gb)
+                bar.set_description(f"teacher {teacher.name}: caching {meta['summary']}")
+                columns = {"logits": List(Value("float32"), length=logits.shape[1])}
+                for tap in taps:
+                    spec = meta["features"][tap]
+                    columns[spec["column"]] = List(Value("float16"), length=int(np.prod(spec["shape"])))
+                writer = ArrowWriter(features=Features(columns), path=str(partial / ARROW_FILE))
+            table = {"logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), logits.shape[1])}
+            for tap, values in zip(taps, features):
+                flat = values.reshape(len(values), -1).numpy()
+                table[meta["features"][tap]["column"]] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(flat.ravel()), flat.shape[1])
+            writer.write_table(pa.table(table))
+        if writer is None:
+            raise KnowledgeCacheError(f"the transfer set is empty: nothing to cache for teacher {teacher.name!r}")
+        rows, _ = writer.finalize()
+        if rows != len(data):
+            raise KnowledgeCacheError(f"teacher {teacher.name!r}: wrote {rows} rows for {len(data)} samples")
+        (partial / KEY_FILE).write_text(json.dumps(meta, indent=2))  # last: a folder with key.json is whole
+        try:
+            partial.rename(folder)
+        except OSError:
+            if not _complete(folder, len(data)):  # another process finished the same key first: keep theirs
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+        logger.info("knowledge cache: teacher %s written to %s (%s)", teacher.name, folder, meta["summary"])
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+
+
+def _plan(teacher: Teacher, taps: list[str], data: Dataset, logits: np.ndarray, features: list[torch.Tensor],
+          folder_name: str, material: dict[str, Any], budget: dict[str, int], max_cache_gb: float) -> dict[str, Any]:
+    """Shapes and size of one teacher's cache, logged; refuses when the call's writes would pass the limit."""
+    shapes = {tap: list(values.shape[1:]) for tap, values in zip(taps, features)}
+    per_sample = logits.shape[1] * 4 + sum(int(np.prod(s)) * 2 for s in shapes.values())
+    total = per_sample * len(data)
+    summary = f"{len(data)} samples x {_human(per_sample)} = {_human(total)}"
+    logger.info("knowledge cache: teacher %s will take %s (logits float32, %d feature taps float16)",
+                teacher.name, summary, len(taps))
+    if budget["written"] + total > budget["limit"]:
+        raise KnowledgeCacheError(
+            f"the knowledge cache of teacher {teacher.name!r} would take {summary} (taps {taps or 'none'}), "
+            f"{_human(budget['written'] + total)} with this run's other caches, over the limit max_cache_gb="
+            f"{max_cache_gb:g}. Raise max_cache_gb (amalgamate(..., max_cache_gb=...)), tap fewer or smaller "
+            "features, or run the teachers live with cache_teachers=False."
+        )
+    budget["written"] += total
+    return {
+        **material,
+        "key": folder_name,
+        "name": teacher.name,
+        "samples": len(data),
+        "logits": int(logits.shape[1]),
+        "features": {tap: {"column": f"tap_{i}", "shape": shapes[tap], "dtype": "float16"}
+                     for i, tap in enumerate(taps)},
+        "bytes": total,
+        "summary": summary,
+    }
+
+
+def _remove_dead_partials(folder: Path) -> None:
+    """Remove partial writes of this key left by processes of this host that no longer run (crashes)."""
+    host = socket.gethostname()
+    for partial in folder.parent.glob(f"{PARTIAL_PREFIX}{folder.name}-*"):
+        parts = partial.name[len(PARTIAL_PREFIX) + len(folder.name) + 1:].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, owned by someone else
+            pass
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
