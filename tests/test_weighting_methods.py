@@ -83,7 +83,7 @@ class FixedPredictions(nn.Module):
 
 
 def test_lfme_expert_weights_follow_the_student_on_each_teachers_classes():
-    method = create_method("lfme", SPACE, TEACHERS, {})
+    method = create_method("lfme", SPACE, TEACHERS, {"validation_share": 0.0})
     labels = torch.tensor([0, 1, 0, 1, 2, 3, 2, 3])
     # left teacher: right on 3 of its 4 samples (A = .75); right teacher: right on all 4 (A = 1)
     left = F.one_hot(torch.tensor([0, 1, 0, 0, 0, 0, 0, 0]), 2).float() * 5
@@ -98,7 +98,7 @@ def test_lfme_expert_weights_follow_the_student_on_each_teachers_classes():
 
 
 def test_lfme_loss_is_the_weighted_kl_of_each_expert_over_its_own_classes():
-    method = create_method("lfme", SPACE, TEACHERS, {"temperature": 2.0})
+    method = create_method("lfme", SPACE, TEACHERS, {"temperature": 2.0, "label_weight": 0.0})
     method.expert_weights.copy_(torch.tensor([1.0, 0.5]))
     student = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
     teacher_logits = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])]
@@ -109,6 +109,18 @@ def test_lfme_loss_is_the_weighted_kl_of_each_expert_over_its_own_classes():
 
     expected = kl(teacher_logits[0][0], student[0, :2]) + 0.5 * kl(teacher_logits[1][0], student[0, 2:])
     assert method(_step(student, teacher_logits, [-1]))["experts"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lfme_measures_on_held_out_labels_and_learns_only_the_others():
+    method = create_method("lfme", SPACE, TEACHERS, {})
+    labels = torch.tensor([0, 0, 2, 2])
+    logits = [TeacherOutput(torch.zeros(4, 2)), TeacherOutput(torch.zeros(4, 2))]
+    method.prepare(LabeledSet(torch.zeros(4, 1, 4, 4), labels, logits, indices=torch.tensor([10, 11, 12, 13])))
+    assert method.held_out.tolist() == [11, 13] and method.validation.labels.tolist() == [0, 2]
+    student = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 2))
+    step = _step(student, [torch.zeros(2, 2), torch.zeros(2, 2)], [0, 0])
+    step.indices = torch.tensor([10, 11])  # the second sample is held out: only the first one's label is learned
+    assert method(step)["labels"].item() == pytest.approx(-math.log(0.7), rel=1e-5)
 
 
 def test_lfme_needs_labels():

@@ -179,7 +179,7 @@ def train(
             with accelerator.accumulate(model):
                 with accelerator.autocast(), capture_features(model, student_taps, tapped) as student_features:
                     logits = model(images)
-                    losses = method(StepInputs(logits, teacher_outputs, labels, images, student_features))
+                    losses = method(StepInputs(logits, teacher_outputs, labels, images, student_features, indices))
                     loss = sum(losses.values())
                 in_short_group = short_group and batch >= batches - short_group
                 accelerator.backward(loss * (config.grad_accumulation / short_group) if in_short_group else loss)

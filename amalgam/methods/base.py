@@ -19,7 +19,7 @@ class StepInputs:
 
     ``images`` is the raw ``[0, 1]`` batch; ``labels`` are union-space indices for the labeled fraction and
     ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the modules named by
-    :meth:`Method.student_taps`.
+    :meth:`Method.student_taps`; ``indices`` are the samples' positions in the transfer set.
     """
 
     student_logits: torch.Tensor
@@ -27,6 +27,7 @@ class StepInputs:
     labels: torch.Tensor
     images: torch.Tensor | None = None
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    indices: torch.Tensor | None = None
 
 
 @dataclass
@@ -37,6 +38,7 @@ class LabeledSet:
     images: torch.Tensor
     labels: torch.Tensor
     teacher_outputs: list[TeacherOutput]
+    indices: torch.Tensor | None = None  # positions in the transfer set
 
     @classmethod
     def gather(cls, transfer: Dataset, visible: Sequence[int], signals: Callable) -> "LabeledSet":
@@ -45,7 +47,7 @@ class LabeledSet:
         rows = [int(i) for i in visible if transfer[int(i)][1] >= 0]
         images = torch.stack([transfer[i][0] for i in rows])
         labels = torch.tensor([transfer[i][1] for i in rows])
-        return cls(images, labels, signals(images, torch.tensor(rows)))
+        return cls(images, labels, signals(images, torch.tensor(rows)), torch.tensor(rows))
 
 
 class Method(nn.Module):

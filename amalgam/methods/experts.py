@@ -13,7 +13,7 @@ from amalgam.methods.base import LabeledSet, Method, StepInputs
 from amalgam.methods.blocks import curriculum_weight, masked_cross_entropy, self_paced_weight, teacher_kd_terms
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher
+from amalgam.teachers.teacher import Teacher, TeacherOutput
 
 CURRICULUM_MODES = ("loss", "logits")
 
@@ -26,6 +26,23 @@ def accuracy_on_classes(predictions: torch.Tensor, labels: torch.Tensor, known: 
     """
     rows = known[labels]
     return float((predictions[rows] == labels[rows]).float().mean()) if rows.any() else None
+
+
+def held_out_rows(labels: torch.Tensor, share: float) -> torch.Tensor:
+    """Rows kept for validation: of each class's rows, those whose rank ``r`` has ``floor((r + 1) * share)``
+    increase (the 2nd, 4th... for 0.5; a class's only row stays for training); all rows when ``share`` is 0.
+
+    >>> held_out_rows(torch.tensor([0, 0, 1, 1, 0, 1]), 0.5)
+    tensor([1, 3])
+    """
+    if share <= 0:
+        return torch.arange(len(labels))
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for value in labels.unique():
+        rows = (labels == value).nonzero().squeeze(1)
+        ranks = torch.arange(len(rows))
+        keep[rows] = torch.floor((ranks + 1) * share) > torch.floor(ranks * share)
+    return keep.nonzero().squeeze(1)
 
 
 @register_method
@@ -49,10 +66,11 @@ class SelfPacedExperts(Method):
 
     Args:
         temperature: ``T`` (2 in the code). theta: the self-paced threshold (0.3).
-        distill_weight, label_weight: weights of the expert and label terms (1 and 0). The labeled fraction is the
-            validation set the weights are measured on: a student trained on those labels would look better there
-            than it is and switch the experts off early (on the digits split, 29 labels, one seed: 0.76 against 0.91 without), so
-            by default it does not learn from them. The paper's CE weight is 1, with a separate validation set.
+        distill_weight, label_weight: weights of the expert and label terms (1 and 1, as in the code).
+        validation_share: the share of the labeled fraction held out (every other labeled sample of each class)
+            as the validation set the weights are measured on; the student learns only the others' labels. A
+            student measured on the labels it trains on looks better than it is and switches the experts off
+            early. 0 measures on all of them (then use ``label_weight=0``).
         curriculum_floor: the hardest sample's initial weight in ``(0, 1]``; 1 turns the curriculum off.
         curriculum: ``"loss"`` or ``"logits"``.
     """
@@ -70,9 +88,10 @@ class SelfPacedExperts(Method):
         temperature: float = 2.0,
         theta: float = 0.3,
         distill_weight: float = 1.0,
-        label_weight: float = 0.0,
+        label_weight: float = 1.0,
         curriculum_floor: float = 1.0,
         curriculum: str = "loss",
+        validation_share: float = 0.5,
     ) -> None:
         super().__init__(label_space, teachers)
         if temperature <= 0 or not 0 <= theta < 1:
@@ -83,6 +102,10 @@ class SelfPacedExperts(Method):
         self.temperature, self.theta = float(temperature), float(theta)
         self.distill_weight, self.label_weight = float(distill_weight), float(label_weight)
         self.curriculum_floor, self.curriculum = float(curriculum_floor), curriculum
+        if not 0 <= validation_share < 1:
+            raise MethodError(f"lfme: validation_share must be in [0, 1), got {validation_share}")
+        self.validation_share = float(validation_share)
+        self.register_buffer("held_out", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("membership", label_space.membership().bool(), persistent=False)
         self.register_buffer("expert_weights", torch.ones(self.num_teachers))  # saved: a resumed run keeps them
         self.expert_accuracy: list[float | None] = [None] * self.num_teachers
@@ -93,6 +116,11 @@ class SelfPacedExperts(Method):
         """Measure each expert on the labeled samples of its classes (``A_k``) and keep them for the student's."""
         if labeled is None:
             raise MethodError("lfme measures teachers and student on labels: give the run a labeled_fraction > 0")
+        rows = held_out_rows(labeled.labels, self.validation_share)
+        if labeled.indices is not None and len(rows) < len(labeled.labels):
+            self.held_out = labeled.indices[rows].to(self.held_out.device)
+        labeled = LabeledSet(labeled.images[rows], labeled.labels[rows],
+                             [TeacherOutput(out.logits[rows]) for out in labeled.teacher_outputs])
         self.validation = labeled
         for k, (out, idx) in enumerate(zip(labeled.teacher_outputs, self.indices())):
             predictions = idx.to(out.logits.device)[out.logits.argmax(dim=-1)]
@@ -137,5 +165,8 @@ class SelfPacedExperts(Method):
         distill = sum(w * term for w, term in zip(self.expert_weights, terms)) / self.temperature**2
         losses = {"experts": self.distill_weight * distill}
         if self.label_weight > 0:
-            losses["labels"] = self.label_weight * masked_cross_entropy(student, step.labels)
+            labels = step.labels
+            if len(self.held_out) and step.indices is not None:  # validation labels are not learned
+                labels = torch.where(torch.isin(step.indices.to(labels.device), self.held_out), -1, labels)
+            losses["labels"] = self.label_weight * masked_cross_entropy(student, labels)
         return losses
