@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
@@ -37,10 +37,13 @@ class Row:
     method: str
     labeled_fraction: float
     reference: bool
+    options: tuple[tuple[str, Any], ...] = ()  # method options other than the defaults
 
 
-def rows_for(methods: Sequence[str] | None = None, references: bool = True) -> list[Row]:
-    """The references, then every registered amalgamation method (or those named), at the 2% labeled fraction."""
+def rows_for(methods: Sequence[str] | None = None, references: bool = True,
+             options: dict[str, Any] | None = None) -> list[Row]:
+    """The references, then every registered amalgamation method (or those named), at the 2% labeled fraction;
+    with ``options``, the named methods with those options, labelled ``method (key=value, ...)``."""
     pct = f"{LABELED_FRACTION:.0%}"
     rows = [
         Row("supervised, all labels", "supervised", 1.0, True),
@@ -49,24 +52,26 @@ def rows_for(methods: Sequence[str] | None = None, references: bool = True) -> l
     registry = available_methods()
     names = [n for n in registry if n != "supervised"] if methods is None else list(methods)
     # a method made for runs without labels gets none, so its row shows what a user with no labels gets
-    return rows + [Row(name, name, 0.0 if registry[name].label_free else LABELED_FRACTION, name == "concat-logits")
-                   for name in names]
+    suffix = " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else ""
+    return rows + [Row(name + suffix, name, 0.0 if registry[name].label_free else LABELED_FRACTION,
+                       name == "concat-logits", tuple((options or {}).items())) for name in names]
 
 
 def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = None,
-                methods: Sequence[str] | None = None, progress: bool = True, references: bool = True) -> dict:
+                methods: Sequence[str] | None = None, progress: bool = True, references: bool = True,
+                options: dict[str, Any] | None = None) -> dict:
     """Train every row for every seed; return all numbers."""
     teachers = [load_teacher(folder) for folder in setting.teacher_folders(progress=progress)]
     data = setting.data()
     budget = setting.budget
     epochs = epochs or budget.epochs
-    rows = rows_for(methods, references)
+    rows = rows_for(methods, references, options)
     runs: dict[str, list[dict]] = {row.label: [] for row in rows}
     teacher_metrics = None
     jobs = [(row, seed) for row in rows for seed in seeds]
     for row, seed in tqdm(jobs, desc=setting.name, disable=not progress, unit="run"):
         started = time.perf_counter()
-        result = amalgamate(teachers, student=STUDENT, data=data, method=row.method,
+        result = amalgamate(teachers, student=STUDENT, data=data, method=row.method, method_options=dict(row.options),
                             labeled_fraction=row.labeled_fraction, epochs=epochs, batch_size=budget.batch_size,
                             lr=budget.lr, seed=seed, progress=False)
         metrics = result.metrics
@@ -86,8 +91,9 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
         "class_names": list(result.label_space.class_names),
         "teachers": [t.describe() | {"parameters": t.num_parameters} for t in teachers],
         "teacher_metrics": teacher_metrics,
-        "rows": [{"label": r.label, "method": r.method, "labeled_fraction": r.labeled_fraction,
-                  "reference": r.reference, "runs": runs[r.label]} for r in rows],
+        "rows": [{"label": r.label, "method": r.method, "options": dict(r.options),
+                  "labeled_fraction": r.labeled_fraction, "reference": r.reference, "runs": runs[r.label]}
+                 for r in rows],
     }
 
 
@@ -208,14 +214,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="override the setting's budget (every row alike)")
     parser.add_argument("--methods", help="comma-separated method names (default: every registered method)")
+    parser.add_argument("--options", type=json.loads, help="JSON method options for the named methods' rows, e.g. "
+                        "'{\"student_feedback\": 0.5}' (rows are labelled with them)")
     parser.add_argument("--merge", action="store_true",
                         help="add these rows to (or replace them in) the setting's existing results instead of "
                              "starting a new table (with --methods)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
+    if args.options and not methods:
+        parser.error("--options needs --methods")
     results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods,
-                          references=not args.merge)
+                          references=not args.merge, options=args.options)
     previous = args.out / f"quality-{args.setting}.json"
     if args.merge and previous.exists():
         new_rows = {row["label"] for row in results["rows"]}
