@@ -314,3 +314,19 @@ def relative_dissimilarity_loss(student_features: torch.Tensor, votes: torch.Ten
     else:
         raise ValueError(f"vote must be 'hard' or 'soft', got {vote!r}")
     return (hinge * weights * voted).sum() / voted.sum()
+
+
+def normalized_distance(x: torch.Tensor, y: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """``B`` distances ``|| x_i / ||x_i||_2 - y_i / ||y_i||_2 ||_p`` between rows flattened to vectors.
+
+    Only the direction of each feature counts, not its scale: FEED's term with ``p = 1`` (§10a), attention
+    transfer's with ``p = 2`` (§10d). ``x`` and ``y`` need the same number of elements per row.
+
+    >>> normalized_distance(torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])).item()  # same direction
+    0.0
+    >>> [round(normalized_distance(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]), p).item(), 4)
+    ...  for p in (1, 2)]
+    [2.0, 1.4142]
+    """
+    x, y = F.normalize(x.flatten(1).float(), dim=1), F.normalize(y.flatten(1).float(), dim=1)
+    return torch.linalg.vector_norm(x - y, ord=p, dim=1)

@@ -174,3 +174,17 @@ class LayerPairs:
             raise MethodError(f"{self.method}: the student has no module(s) {unknown}; its stages are {available} "
                               "(any path of student.named_modules() also works)")
         return self.student
+
+
+def attention_map(feature: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+    """The spatial attention map ``sum_c |A_c|^2`` of a feature as ``B x 1 x H x W`` (Zagoruyko & Komodakis'
+    attention transfer, used by §10d), resized to ``size`` when given. ViT tokens become a grid first
+    (:func:`as_map`); the map is computed at the feature's own resolution and then resized, so one channel is
+    pooled or interpolated instead of all of them.
+
+    >>> attention_map(torch.tensor([[[[1.0, -2.0], [0.0, 1.0]], [[1.0, 0.0], [3.0, 0.0]]]]))
+    tensor([[[[2., 4.],
+              [9., 1.]]]])
+    """
+    grid = as_map(feature).float().pow(2).sum(dim=1, keepdim=True)
+    return grid if size is None else resize_map(grid, size)
