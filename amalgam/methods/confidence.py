@@ -44,7 +44,10 @@ class CalibratedConfidence(WeightedTargets):
     Args:
         score: ``"max-prob"`` (default: the more robust of the two on the Fashion-MNIST settings) or ``"energy"``.
         sharpness: softmax temperature over the standardised scores (smaller: closer to picking one teacher).
-        temperature, soft_weight, label_weight, target, student_feedback: as for ``trust-learner``.
+        temperature, soft_weight, label_weight, target: as for ``trust-learner``.
+        student_feedback: see :class:`~amalgam.methods.soft_targets.WeightedTargets`. Recommended here: with
+            ``0.5`` the students of the Fashion-MNIST benchmark reached 0.773 (split) and 0.813 (three
+            overlapping teachers) against 0.768 and 0.783 without (3 seeds, bench/results/quality-fmnist-*.md).
     """
 
     name = "confidence-trust"
