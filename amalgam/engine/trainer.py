@@ -177,7 +177,8 @@ def train(
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
             teacher_outputs = signals(images, indices) if signals is not None else []
             with accelerator.accumulate(model):
-                with accelerator.autocast(), capture_features(model, student_taps, tapped) as student_features:
+                with (accelerator.autocast(), capture_features(model, student_taps, tapped) as student_features,
+                      method.student_output_transform(accelerator.unwrap_model(model), teacher_outputs)):
                     logits = model(images)
                     losses = method(StepInputs(logits, teacher_outputs, labels, images, student_features, indices))
                     loss = sum(losses.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -111,6 +112,14 @@ class Method(nn.Module):
     def end_epoch(self, student: nn.Module) -> dict[str, float]:
         """Called after each epoch with the student; returns numbers to log in that epoch's record."""
         return {}
+
+    def student_output_transform(self, student: nn.Module,
+                                 teacher_outputs: Sequence[TeacherOutput]) -> AbstractContextManager[None]:
+        """A context the engine enters around the student's forward in training steps only (not the probe, not
+        evaluation), for methods that change the student's forward while it trains (knowledge flow adds
+        teachers' features into its layers). ``teacher_outputs`` are the batch's. Whatever it installs
+        (forward hooks) must be removed when it exits. Nothing by default."""
+        return nullcontext()
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -330,3 +330,27 @@ def normalized_distance(x: torch.Tensor, y: torch.Tensor, p: float = 2.0) -> tor
     """
     x, y = F.normalize(x.flatten(1).float(), dim=1), F.normalize(y.flatten(1).float(), dim=1)
     return torch.linalg.vector_norm(x - y, ord=p, dim=1)
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def gradient_reversal(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``x`` unchanged, but the gradient flowing back through it multiplied by ``-scale`` (Ganin & Lempitsky's
+    gradient-reversal layer): a loss that a module after it minimises is maximised by everything before it, so
+    one optimizer step plays both sides of a min-max game.
+
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> gradient_reversal(x, 0.5).sum().backward()
+    >>> x.grad
+    tensor([-0.5000, -0.5000])
+    """
+    return _GradientReversal.apply(x, float(scale))
