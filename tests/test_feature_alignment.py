@@ -4,14 +4,12 @@ for a timm CNN and a transformers ViT teacher (maps and tokens of different widt
 import pytest
 import torch
 
-from amalgam.data import RelabeledImages, load_digits
+from demo_methods import demo_setup, demo_student
 from amalgam.engine import TrainConfig, train
 from amalgam.errors import MethodError
 from amalgam.knowledge import LiveSignals
 from amalgam.methods import create_method
 from amalgam.methods.features import as_map, spread_taps, unit_norm_penalty
-from amalgam.students import Student
-from amalgam.teachers import LabelSpace, load_teacher
 
 
 def test_unit_norm_penalty_by_hand():
@@ -28,12 +26,7 @@ def test_vit_tokens_become_a_grid_in_token_order():
 
 @pytest.fixture(scope="module")
 def setup(demo_zoo):
-    teachers = [load_teacher(folder) for folder in demo_zoo]
-    space = LabelSpace.union([t.class_names for t in teachers])
-    digits = load_digits()
-    label_map = [space.index_of(c) for c in digits.class_names]
-    transfer = RelabeledImages(torch.utils.data.Subset(digits.train, range(96)), label_map)
-    return teachers, space, transfer
+    return demo_setup(demo_zoo)[:3]
 
 
 def test_fams_are_sized_from_the_models_and_the_alignment_loss_falls(setup):
@@ -41,7 +34,7 @@ def test_fams_are_sized_from_the_models_and_the_alignment_loss_falls(setup):
     assert [t.library for t in teachers] == ["timm", "transformers"]
     torch.manual_seed(0)
     method = create_method("selective-learning", space, teachers, {"feature_weight": 1.0, "feature_layers": 2})
-    student = Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
+    student = demo_student(space)
     assert method.teacher_taps() == [spread_taps(t.tap_names(), 2) for t in teachers]
     history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
                     TrainConfig(epochs=4, batch_size=32, lr=3e-3), progress=False)
@@ -66,7 +59,7 @@ def test_the_fams_are_trained_with_the_student(setup):
     def fams_after(lr):
         torch.manual_seed(0)
         method = create_method("selective-learning", space, teachers, {"feature_weight": 1.0})
-        student = Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
+        student = demo_student(space)
         train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
               TrainConfig(epochs=1, batch_size=32, lr=lr), progress=False)
         return [p.detach().clone() for p in method.parameters()]

@@ -7,15 +7,12 @@ import math
 import pytest
 import torch
 
-from amalgam.data import RelabeledImages, load_digits
-from amalgam.engine import TrainConfig, train
+from demo_methods import demo_setup, demo_student, train_briefly
 from amalgam.errors import MethodError
-from amalgam.knowledge import LiveSignals
 from amalgam.methods import StepInputs, create_method
 from amalgam.methods.blocks import MMD_SIGMAS, multi_kernel_mmd, relative_dissimilarity_loss, triplet_votes
 from amalgam.methods.features import feature_vector
-from amalgam.students import Student
-from amalgam.teachers import LabelSpace, load_teacher
+from amalgam.teachers import LabelSpace
 
 # --- multi-kernel MMD (§0.1) -------------------------------------------------------------------------------------
 
@@ -94,30 +91,12 @@ def test_conflicting_teachers_tie_and_a_majority_wins():
 
 @pytest.fixture(scope="module")
 def setup(demo_zoo):
-    teachers = [load_teacher(folder) for folder in demo_zoo]
-    space = LabelSpace.union([t.class_names for t in teachers])
-    digits = load_digits()
-    label_map = [space.index_of(c) for c in digits.class_names]
-    transfer = RelabeledImages(torch.utils.data.Subset(digits.train, range(96)), label_map)
-    return teachers, space, transfer
-
-
-def _student(space):
-    return Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
-
-
-def _train(name, options, setup, epochs=4):
-    teachers, space, transfer = setup
-    torch.manual_seed(0)
-    method = create_method(name, space, teachers, options)
-    history = train(_student(space), method, LiveSignals(teachers, method.teacher_taps()), transfer,
-                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3), progress=False)
-    return method, history
+    return demo_setup(demo_zoo)[:3]
 
 
 def test_cfl_blocks_are_sized_for_a_cnn_and_a_vit_and_its_loss_falls(setup):
     teachers, _, _ = setup
-    method, history = _train("cfl", {}, setup)
+    method, _, history = train_briefly("cfl", {}, setup)
     # the deepest stage of each: student blocks.4 (64 ch, 1x1), CNN layer4 (96 ch, 1x1), ViT tokens (64 wide, 4x4)
     assert method.layers.student == ["model.blocks.4"]
     assert method.teacher_taps() == [["layer4"], ["hidden_states.3"]]
@@ -150,7 +129,7 @@ def test_cfl_mmd_is_zero_when_the_student_has_the_teachers_features(setup):
 
 
 def test_autoencoders_are_sized_for_a_cnn_and_a_vit_and_the_loss_falls(setup):
-    method, history = _train("autoencoder-amalgamation", {}, setup)
+    method, _, history = train_briefly("autoencoder-amalgamation", {}, setup)
     assert method.layers.student == ["model.blocks.1", "model.blocks.3", "model.blocks.4"]
     assert method.teacher_taps() == [["layer1", "layer3", "layer4"], ["hidden_states.1", "hidden_states.2",
                                                                        "hidden_states.3"]]
@@ -215,14 +194,14 @@ def test_progressive_schedule_switches_layers_on_bottom_to_top_then_the_output(s
         method.start_epoch(epoch, 8)
         seen.append((method.active_layers, method.output_active))
     assert seen == [(1, False), (1, False), (2, False), (2, False), (3, False), (3, False), (3, True), (3, True)]
-    method, history = _train("autoencoder-amalgamation", {"schedule": "progressive"}, setup)
+    method, _, history = train_briefly("autoencoder-amalgamation", {"schedule": "progressive"}, setup)
     assert [h["soft"] for h in history[:3]] == [0.0, 0.0, 0.0] and history[3]["soft"] > 0
     assert "labels" not in history[0] and history[-1]["reconstruction"] < history[0]["reconstruction"]
 
 
 def test_relative_dissimilarity_pairs_widths_without_adapters_and_its_loss_falls(setup):
     teachers, _, transfer = setup
-    method, history = _train("relative-dissimilarity", {}, setup)
+    method, _, history = train_briefly("relative-dissimilarity", {}, setup)
     assert not list(method.parameters())  # distances only: no regressor between 64, 96 and 64 x 16 features
     assert method.layers.student == ["model.blocks.4"]
     images = torch.stack([transfer[i][0] for i in range(4)])
@@ -234,7 +213,7 @@ def test_relative_dissimilarity_pairs_widths_without_adapters_and_its_loss_falls
 
 
 def test_stagewise_relative_dissimilarity_trains_the_hints_first(setup):
-    _, history = _train("relative-dissimilarity", {"stagewise": True}, setup)
+    _, _, history = train_briefly("relative-dissimilarity", {"stagewise": True}, setup)
     assert [h["soft"] for h in history[:2]] == [0.0, 0.0] and history[2]["soft"] > 0
     assert history[1]["dissimilarity"] < history[0]["dissimilarity"], history
 
@@ -250,11 +229,11 @@ def test_wrong_layer_names_list_the_available_taps(setup, name):
     method = create_method(name, space, teachers, {"student_layers": ["model.blocks.9"],
                                                    "teacher_layers": [["layer4"], ["hidden_states.3"]]})
     with pytest.raises(MethodError, match=r"no module\(s\) \['model.blocks.9'\]; its stages are \[.*'model.blocks.4'\]"):
-        method.student_taps(_student(space))
+        method.student_taps(demo_student(space))
 
 
 def test_explicit_layers_override_the_pairing(setup):
-    method, history = _train("cfl", {"hidden": 16, "student_layers": ["model.blocks.2", "model.blocks.3"],
+    method, _, history = train_briefly("cfl", {"hidden": 16, "student_layers": ["model.blocks.2", "model.blocks.3"],
                                      "teacher_layers": [["layer2", "layer3"], ["hidden_states.1", "hidden_states.2"]]},
                              setup, epochs=1)
     assert method.layers.student == ["model.blocks.2", "model.blocks.3"]

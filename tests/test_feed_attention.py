@@ -8,15 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from amalgam.data import RelabeledImages, load_digits
-from amalgam.engine import TrainConfig, train
+from demo_methods import demo_setup, demo_student, train_briefly
 from amalgam.errors import MethodError
-from amalgam.knowledge import LiveSignals
 from amalgam.methods import StepInputs, create_method
 from amalgam.methods.blocks import normalized_distance
 from amalgam.methods.features import attention_map
 from amalgam.students import Student
-from amalgam.teachers import LabelSpace, load_teacher
 from amalgam.teachers.teacher import TeacherOutput
 
 # --- building blocks by hand ---------------------------------------------------------------------------------------
@@ -51,32 +48,13 @@ def test_normalized_distances_by_hand():
 
 @pytest.fixture(scope="module")
 def setup(demo_zoo):
-    teachers = [load_teacher(folder) for folder in demo_zoo]
-    space = LabelSpace.union([t.class_names for t in teachers])
-    digits = load_digits()
-    label_map = [space.index_of(c) for c in digits.class_names]
-    transfer = RelabeledImages(torch.utils.data.Subset(digits.train, range(96)), label_map)
-    return teachers, space, transfer
-
-
-def _student(space):
-    return Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
-
-
-def _train(name, options, setup, epochs=4):
-    teachers, space, transfer = setup
-    torch.manual_seed(0)
-    method = create_method(name, space, teachers, options)
-    student = _student(space)
-    history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
-                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3), progress=False)
-    return method, student, history
+    return demo_setup(demo_zoo)[:3]
 
 
 def test_feed_translators_are_sized_for_a_cnn_and_a_vit_its_loss_falls_and_they_stay_out_of_the_student(
         setup, tmp_path):
     _, space, transfer = setup
-    method, student, history = _train("feed", {}, setup)
+    method, student, history = train_briefly("feed", {}, setup)
     assert method.layers.student == ["model.blocks.4"]  # the student's last block, 64 x 1 x 1
     assert method.teacher_taps() == [["layer4"], ["hidden_states.3"]]  # CNN 96 x 1 x 1, ViT 17 tokens 64 wide
     translators = method.translators[0]
@@ -90,13 +68,13 @@ def test_feed_translators_are_sized_for_a_cnn_and_a_vit_its_loss_falls_and_they_
     # the translators are method parts: the saved student holds exactly a fresh student's weights
     student.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
-    assert set(saved) == set(_student(space).state_dict()) and not any("translator" in key for key in saved)
+    assert set(saved) == set(demo_student(space).state_dict()) and not any("translator" in key for key in saved)
     assert any(key.startswith("translators.") for key in method.state_dict())
     assert Student.from_pretrained(tmp_path)(images).shape == (3, space.num_classes)
 
 
 def test_attention_transfer_pairs_three_depths_and_its_loss_falls(setup):
-    method, _, history = _train("attention-transfer", {}, setup)
+    method, _, history = train_briefly("attention-transfer", {}, setup)
     assert method.layers.student == ["model.blocks.1", "model.blocks.3", "model.blocks.4"]
     assert method.teacher_taps() == [["layer1", "layer3", "layer4"],
                                      ["hidden_states.1", "hidden_states.2", "hidden_states.3"]]
@@ -135,7 +113,7 @@ def test_scratch_teacher_learns_from_labels_only_and_is_distilled_without_gradie
         create_method("attention-transfer", space, teachers, {"scratch_teacher": True}).prepare(None)
     with pytest.raises(MethodError, match="expert must be one of"):
         create_method("attention-transfer", space, teachers, {"expert": "best"})
-    method, student, history = _train("attention-transfer", {"scratch_teacher": True}, setup)
+    method, student, history = train_briefly("attention-transfer", {"scratch_teacher": True}, setup)
     assert sum(p.numel() for p in method.scratch.parameters()) == student.num_parameters  # the student's shape
     assert history[-1]["scratch_labels"] < 0.5 * history[0]["scratch_labels"], history
     assert history[-1]["loss"] < 0.8 * history[0]["loss"], history

@@ -9,17 +9,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from amalgam.data import RelabeledImages, load_digits
-from amalgam.engine import TrainConfig, train
+from demo_methods import demo_setup, demo_student, train_briefly
 from amalgam.engine.evaluate import accuracy
 from amalgam.errors import MethodError
-from amalgam.knowledge import LiveSignals
 from amalgam.methods import create_method
 from amalgam.methods.blocks import gradient_reversal
 from amalgam.methods.knowledge_flow import dependency_penalty, flow_mix, replaced_outputs
 from amalgam.methods.two_teacher import adversarial_terms
 from amalgam.students import Student
-from amalgam.teachers import LabelSpace, load_teacher
 
 # --- loss pieces by hand -------------------------------------------------------------------------------------------
 
@@ -103,28 +100,7 @@ def test_replaced_outputs_hooks_never_outlive_the_block():
 
 @pytest.fixture(scope="module")
 def setup(demo_zoo):
-    teachers = [load_teacher(folder) for folder in demo_zoo]
-    space = LabelSpace.union([t.class_names for t in teachers])
-    digits = load_digits()
-    label_map = [space.index_of(c) for c in digits.class_names]
-    transfer = RelabeledImages(torch.utils.data.Subset(digits.train, range(480)), label_map)
-    test = RelabeledImages(digits.test, label_map)
-    return teachers, space, transfer, test
-
-
-def _student(space):
-    return Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
-
-
-def _train(name, options, setup, epochs=4, samples=96):
-    teachers, space, transfer, _ = setup
-    torch.manual_seed(0)
-    method = create_method(name, space, teachers, options)
-    student = _student(space)
-    history = train(student, method, LiveSignals(teachers, method.teacher_taps()),
-                    torch.utils.data.Subset(transfer, range(samples)),
-                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3), progress=False)
-    return method, student, history
+    return demo_setup(demo_zoo, samples=480)
 
 
 def test_two_teacher_roles(setup):
@@ -141,7 +117,7 @@ def test_two_teacher_roles(setup):
 
 @pytest.mark.parametrize("feature_teacher, teacher_width", [(0, 96), (1, 64)])
 def test_two_teacher_adapters_for_a_cnn_or_a_vit_and_its_loss_falls(setup, feature_teacher, teacher_width):
-    method, student, history = _train("two-teacher", {"feature_teacher": feature_teacher}, setup)
+    method, student, history = train_briefly("two-teacher", {"feature_teacher": feature_teacher}, setup, samples=96)
     assert method.layers.student == ["model.blocks.4"]  # the student's deepest stage, 64 x 1 x 1
     hint = method.adapters[0]
     assert (hint.in_channels, hint.out_channels) == (64, teacher_width)  # CNN layer4: 96; ViT tokens: 64 wide
@@ -153,7 +129,7 @@ def test_two_teacher_adapters_for_a_cnn_or_a_vit_and_its_loss_falls(setup, featu
 
 def test_knowledge_flow_weans_the_student_off_its_teachers(setup, tmp_path):
     teachers, space, _, test = setup
-    method, student, history = _train("knowledge-flow", {}, setup, epochs=6, samples=480)
+    method, student, history = train_briefly("knowledge-flow", {}, setup, epochs=6, samples=480)
     # Q: teacher width -> student width, at the student's blocks.2 (32 ch, 4 x 4) and blocks.4 (64 ch, 1 x 1)
     assert method.layers.student == ["model.blocks.2", "model.blocks.4"]
     widths = [[q.in_channels for q in flows] for flows in method.flows]
@@ -166,7 +142,7 @@ def test_knowledge_flow_weans_the_student_off_its_teachers(setup, tmp_path):
     assert history[-1]["student_weight"] > 0.8, history
     # no hook left on the student, nothing of the method in it; it works alone, saved and reloaded
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules())
-    assert set(student.state_dict()) == set(_student(space).state_dict())
+    assert set(student.state_dict()) == set(demo_student(space).state_dict())
     alone = accuracy(student, test)
     assert alone > 0.5, (alone, history)
     student.save_pretrained(tmp_path)
@@ -179,7 +155,7 @@ def test_knowledge_flow_weans_the_student_off_its_teachers(setup, tmp_path):
 def test_knowledge_flow_changes_the_student_only_inside_its_context(setup):
     teachers, space, transfer, _ = setup
     method = create_method("knowledge-flow", space, teachers, {"feature_layers": 1})
-    student = _student(space).eval()
+    student = demo_student(space).eval()
     images = torch.stack([transfer[i][0] for i in range(3)])
     outputs = [t(images, taps=taps) for t, taps in zip(teachers, method.teacher_taps())]
     assert method.student_taps(student) == ["model.blocks.4"]  # as the engine asks before attach()
