@@ -26,7 +26,7 @@ from amalgam.methods import create_method
 from amalgam.sequences.models import build_model
 from amalgam.sequences.ucr import SequenceData
 from amalgam.teachers import LabelSpace
-from amalgam.teachers.teacher import TeacherOutput
+from amalgam.teachers.teacher import FrozenModel, TeacherOutput
 from amalgam.zoo import amalgam_home
 
 TEACHER_FORMAT = 1  # bump when the saved layout or the training recipe changes: cached teachers are rebuilt
@@ -46,7 +46,7 @@ class SequenceSpec:
         return asdict(self)
 
 
-class SequenceTeacher:
+class SequenceTeacher(FrozenModel):
     """A frozen sequence classifier with class names, called like a Teacher: ``teacher(batch) -> TeacherOutput``.
 
     >>> from amalgam.sequences.models import LSTMClassifier
@@ -64,18 +64,6 @@ class SequenceTeacher:
         self.input_spec = input_spec
         self.architecture = type(model).__name__
         self.source = None
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> "SequenceTeacher":
-        self.model.to(device)
-        return self
 
     def tap_names(self, all_modules: bool = False) -> list[str]:
         return []

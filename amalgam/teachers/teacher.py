@@ -26,7 +26,25 @@ class TeacherOutput:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Teacher:
+class FrozenModel:
+    """What every kind of teacher shares: a frozen ``model``, its size, and where it runs."""
+
+    model: nn.Module
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "FrozenModel":
+        self.model.to(device)
+        return self
+
+
+class Teacher(FrozenModel):
     """A frozen pretrained classifier, runnable on amalgam's raw image batches.
 
     Build one with :func:`load_teacher`. Calling it converts the raw ``[0, 1]`` batch to the teacher's own
@@ -55,18 +73,6 @@ class Teacher:
         self.name = name
         self.source = source
         self._suggested_taps = list(loaded.suggested_taps)
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> "Teacher":
-        self.model.to(device)
-        return self
 
     def tap_names(self, all_modules: bool = False) -> list[str]:
         """Suggested feature taps (stage outputs or hidden states); with ``all_modules``, every module path."""
