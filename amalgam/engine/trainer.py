@@ -20,6 +20,7 @@ from amalgam.engine.checkpoint import (
 from amalgam.errors import RunCancelled
 from amalgam.knowledge import IndexedImages, TeacherSignals
 from amalgam.methods.base import Method, StepInputs
+from amalgam.methods.blocks import mean_over_processes
 from amalgam.teachers.taps import capture_features, resolve_modules
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ def _mean_over_processes(accelerator: Accelerator, sums: dict[str, float]) -> di
     if accelerator.num_processes == 1:
         return dict(sums)
     local = torch.tensor(list(sums.values()), dtype=torch.float64, device=accelerator.device)
-    return dict(zip(sums, accelerator.reduce(local, reduction="mean").tolist()))
+    return dict(zip(sums, mean_over_processes(local).tolist()))
 
 
 @torch.no_grad()
