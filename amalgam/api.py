@@ -71,6 +71,7 @@ def amalgamate(
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 3e-3,
+    parts_lr: float | None = None,
     seed: int = 0,
     mixed_precision: str = "no",
     grad_accumulation: int = 1,
@@ -95,6 +96,8 @@ def amalgamate(
         method_options: the method's keyword options (checked before training starts).
         label_mapping: renames/merges teacher classes, see :meth:`LabelSpace.union`.
         labeled_fraction: stratified fraction of the transfer set whose labels the method may use.
+        parts_lr: learning rate of the method's own trainable parts (adapters, common-feature blocks, trust or
+            fusion weights), which train in a parameter group of their own; ``None``: the student's ``lr``.
         mixed_precision: ``"no"``, ``"bf16"`` (GPUs and CPUs) or ``"fp16"`` (GPUs), passed to accelerate.
         grad_accumulation: batches whose gradients are averaged into one optimizer step (an effective batch of
             ``batch_size * grad_accumulation`` in the memory of ``batch_size``).
@@ -126,7 +129,7 @@ def amalgamate(
     if not teachers:
         raise TeacherError("amalgamate needs at least one teacher")
     teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, mixed_precision=mixed_precision,
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, parts_lr=parts_lr, seed=seed, mixed_precision=mixed_precision,
                          grad_accumulation=grad_accumulation, checkpoint_every=checkpoint_every)
     checkpoints = Path(run_dir) / "checkpoints" if run_dir is not None else None
     if resume and checkpoints is None:

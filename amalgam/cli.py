@@ -59,6 +59,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
         epochs=recipe.train.epochs,
         batch_size=recipe.train.batch_size,
         lr=recipe.train.lr,
+        parts_lr=recipe.train.parts_lr,
         seed=recipe.train.seed,
         mixed_precision=recipe.train.mixed_precision,
         grad_accumulation=recipe.train.grad_accumulation,

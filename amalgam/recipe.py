@@ -16,6 +16,7 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     options = { temperature = 4.0 }
     [train]
     epochs = 10
+    parts_lr = 0.03                 # optional: the method's adapters/blocks' own learning rate (default: lr)
     mixed_precision = "no"          # no | bf16 | fp16 (fp16 on GPUs only)
     grad_accumulation = 1           # batches per optimizer step
     checkpoint_every = 0            # optimizer steps between checkpoints (0: at the end of each epoch only)
@@ -72,6 +73,7 @@ class TrainSection:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 3e-3
+    parts_lr: float | None = None
     seed: int = 0
     mixed_precision: str = "no"
     grad_accumulation: int = 1

@@ -38,8 +38,9 @@ def demo_student(space: LabelSpace) -> Student:
 
 
 def train_briefly(name: str, options: dict[str, Any], setup: Sequence, epochs: int = 4,
-                  samples: int | None = None) -> tuple[Method, Student, list[dict]]:
-    """Method ``name`` and a fresh student (both seeded) trained on live teachers for a few epochs."""
+                  samples: int | None = None, **config: Any) -> tuple[Method, Student, list[dict]]:
+    """Method ``name`` and a fresh student (both seeded) trained on live teachers for a few epochs (``config``:
+    more :class:`TrainConfig` fields)."""
     teachers, space, transfer = setup[:3]
     if samples is not None:
         transfer = torch.utils.data.Subset(transfer, range(samples))
@@ -47,5 +48,5 @@ def train_briefly(name: str, options: dict[str, Any], setup: Sequence, epochs: i
     method = create_method(name, space, teachers, options)
     student = demo_student(space)
     history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
-                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3), progress=False)
+                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, **config), progress=False)
     return method, student, history

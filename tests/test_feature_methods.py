@@ -110,6 +110,39 @@ def test_cfl_blocks_are_sized_for_a_cnn_and_a_vit_and_its_loss_falls(setup):
     assert all(h["mmd"] > 0 for h in history)
 
 
+def test_the_methods_parts_train_in_their_own_group_at_parts_lr(setup):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from amalgam.engine import TrainConfig, train
+    from amalgam.knowledge import LiveSignals
+
+    groups: list[list[tuple[str, float]]] = []
+    before: list[list[torch.Tensor]] = []
+
+    def record(optimizer, args, kwargs):
+        groups.append([(g["name"], g["lr"]) for g in optimizer.param_groups])
+        before.extend([p.detach().clone() for p in g["params"]] for g in optimizer.param_groups)
+
+    teachers, space, transfer = setup
+    torch.manual_seed(0)
+    method = create_method("cfl", space, teachers, {"hidden": 8})
+    student = demo_student(space)
+    handle = register_optimizer_step_pre_hook(record)
+    try:  # 32 samples in one batch: one optimizer step
+        train(student, method, LiveSignals(teachers, method.teacher_taps()),
+              torch.utils.data.Subset(transfer, range(32)),
+              TrainConfig(epochs=1, batch_size=32, lr=1e-4, parts_lr=1e-2, weight_decay=0.0), progress=False)
+    finally:
+        handle.remove()
+    assert groups == [[("student", 1e-4), ("method", 1e-2)]]
+    parts = [p for p in method.parameters() if p.requires_grad]
+    assert len(before[1]) == len(parts) > 0  # the group holds exactly the method's parts (built by attach())
+    # Adam's first step moves a weight with a gradient by lr * g / (|g| + eps), about lr: each group its own
+    for model_parts, initial, lr in ((student.parameters(), before[0], 1e-4), (parts, before[1], 1e-2)):
+        steps = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(model_parts, initial)])
+        assert steps.max().item() == pytest.approx(lr, rel=1e-3)
+
+
 def test_cfl_mmd_is_zero_when_the_student_has_the_teachers_features(setup):
     teachers, space, transfer = setup
     method = create_method("cfl", space, [teachers[0], teachers[0]], {"hidden": 8, "teacher_layers": [["layer3"]] * 2,

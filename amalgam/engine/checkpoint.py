@@ -37,7 +37,7 @@ from torch import nn
 
 from amalgam.errors import AmalgamError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the method's parts in an optimizer group of their own
 STUDENT_FILE = "student.safetensors"
 METHOD_FILE = "method.safetensors"
 TRAINER_FILE = "trainer.pt"
@@ -45,7 +45,8 @@ STATE_FILE = "state.json"
 _NAME = re.compile(r"step-(\d+)")
 _TEMPORARY_PREFIX = ".tmp-"
 # Options that change what a run computes: a resumed run must have the same ones as the run it continues.
-RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "weight_decay", "seed", "grad_accumulation", "mixed_precision")
+RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "parts_lr", "weight_decay", "seed", "grad_accumulation",
+                     "mixed_precision")
 
 
 class CheckpointError(AmalgamError):

@@ -40,6 +40,7 @@ class TrainConfig:
     cpu: bool = False  # force the CPU even when a GPU is present
     grad_accumulation: int = 1  # batches whose gradients make one optimizer step (effective batch: batch_size x this)
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
+    parts_lr: float | None = None  # learning rate of the method's own parts (adapters, blocks); None: ``lr``
 
     def __post_init__(self) -> None:
         for field, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
@@ -51,6 +52,8 @@ class TrainConfig:
                              f"{self.checkpoint_every!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.parts_lr is not None and self.parts_lr <= 0:
+            raise ValueError(f"parts_lr must be positive (or None for lr), got {self.parts_lr}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
 
@@ -59,6 +62,16 @@ class TrainConfig:
 
 
 EpochCallback = Callable[[dict], None]
+
+
+def parameter_groups(model: nn.Module, method_parameters: list[nn.Parameter], config: TrainConfig) -> list[dict]:
+    """The student's trainable weights, then the method's own parts in a group of their own at ``parts_lr``
+    (the papers' official codes train adapters and fusion blocks at their own rate: shared/METHODS.md §11.5)."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "name": "student"}]
+    if method_parameters:
+        groups.append({"params": method_parameters, "name": "method",
+                       "lr": config.lr if config.parts_lr is None else config.parts_lr})
+    return groups
 
 
 def train(
@@ -113,8 +126,8 @@ def train(
     if student_taps or any(method.teacher_taps()):
         _probe(model, method, signals, transfer, student_taps, tapped)
     method_parameters = [p for p in method.parameters() if p.requires_grad]
-    parameters = [p for p in model.parameters() if p.requires_grad] + method_parameters
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, method_parameters, config), lr=config.lr,
+                                  weight_decay=config.weight_decay)
     loader = accelerator.prepare(loader)  # process i of n takes batches i, i + n, ...: len(loader) is its steps
     batches = max(1, len(loader))
     # the schedule counts optimizer steps; a prepared scheduler is stepped n times per step of n processes

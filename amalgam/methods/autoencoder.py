@@ -70,9 +70,9 @@ class AutoencoderAmalgamation(SoftTargets):
     concatenated logits of KamalEngine, nor the paper's L2 on logits); teachers of any architecture are
     allowed, each teacher map resized to the student's spatial size at that depth (average-pooled or
     bilinearly upsampled; ViT tokens become a grid first) so the maps can be concatenated; the code's width
-    is the student's (the spec's library default is ``max_k C_k``); the autoencoders train with the
-    student's optimiser and learning rate; with ``"progressive"`` each student layer receives its own previous
-    output, not the teachers' amalgamated feature.
+    is the student's (the spec's library default is ``max_k C_k``); the autoencoders train in their own
+    parameter group at the run's ``parts_lr`` (default: the student's learning rate); with ``"progressive"``
+    each student layer receives its own previous output, not the teachers' amalgamated feature.
 
     Args:
         feature_layers: how many depths to amalgamate (the deepest included).

@@ -87,8 +87,8 @@ class CommonFeatureLearning(SoftTargets):
     - The official code needs every feature at one spatial size (it flattens ``C x H x W``). Here each teacher's
       map is resized to the student's spatial size at that depth (average-pooled down or bilinearly up; ViT
       tokens become a grid first), and the reconstruction target is that resized map.
-    - The CFL block trains with the student's optimiser and learning rate (AdamW, cosine); the official code
-      gives it its own, larger, learning rate in a third parameter group.
+    - The CFL block trains in its own parameter group of the student's optimiser (AdamW, cosine) at the run's
+      ``parts_lr``, by default the student's learning rate; the official code gives it a larger one (5-10x).
     - ``feature_layers > 1`` (one block per depth) is an extension of ours; the paper uses final features only.
 
     Args:

@@ -33,8 +33,8 @@ class SelectiveLearning(WeightedTargets):
     selected teacher's: ``feature_weight * sum_b MSE(FAM_T[k*](F_k*), FAM_S(F_s)) + norm_weight * R`` with §4's
     unit-norm regulariser ``R`` on the teacher-side filters. Inferred or ours: the common width is half the
     student's width at that depth (§4's widths are halves of the teachers'); a teacher map is resized to the
-    student's spatial size (ViT tokens become a grid first); the FAMs train with the student's optimiser
-    instead of their own learning rates. Not here: §4's dual-stage (component net) schedule.
+    student's spatial size (ViT tokens become a grid first); the FAMs train in one parameter group at
+    the run's ``parts_lr``, not at a learning rate per block. Not here: §4's dual-stage (component net) schedule.
 
     Args:
         normalize_entropy: divide each teacher's entropy by ``log C_k`` (an option of ours, off by default as in

@@ -100,7 +100,7 @@ class TwoTeacher(WeightedTargets):
     abstract read does not describe one): its architecture (64 hidden units, LeakyReLU), pooled input, GAN loss
     and ``adversarial_weight = 0.1`` are ours. Deviations: the teachers are given, not trained strictly/loosely
     here; with several decision teachers their mean is the target, in the union space, and the role rule above
-    is ours; the adapter and discriminator train with the student's optimiser and learning rate.
+    is ours; the adapter and discriminator train in their own parameter group at the run's ``parts_lr``.
 
     Args:
         feature_teacher: the teacher (index or name) whose features the student learns.
