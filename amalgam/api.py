@@ -16,15 +16,16 @@ from torch import nn
 
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
 from amalgam.engine import (
-    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions,
+    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, member_probabilities, per_class_accuracy,
     target_accuracy, train,
 )
+from amalgam.engine.uncertainty import ensemble_report
 from amalgam.engine.checkpoint import CheckpointError, check_checkpoint_dir
 from amalgam.engine.trainer import EpochCallback
-from amalgam.errors import DataError, MethodError, TeacherError
+from amalgam.errors import DataError, MethodError, StudentError, TeacherError
 from amalgam.knowledge import DEFAULT_MAX_CACHE_GB, CachedSignals, KnowledgeCache, LiveSignals, TeacherSignals
 from amalgam.methods import LabeledSet, Method, create_method
-from amalgam.students import Student, default_input_size
+from amalgam.students import Head, Student, default_input_size
 from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
 DEFAULT_STUDENT = "test_efficientnet"
@@ -56,6 +57,18 @@ def data_label_map(data: ImageData, label_space: LabelSpace) -> list[int]:
             f"the teachers' are {list(label_space.class_names)}. Pass label_mapping to align the names."
         )
     return [-1 if j is None else j for j in mapping]
+
+
+def check_student(student: Student, label_space: LabelSpace, heads: Sequence[Head] | None, method: str) -> None:
+    """A given student must predict the union classes and have the heads the method trains (or none)."""
+    if list(student.class_names) != list(label_space.class_names):
+        raise StudentError(f"the student's classes {student.class_names} differ from the teachers' union "
+                           f"{list(label_space.class_names)}")
+    if list(student.head_specs) != list(heads or []):
+        wanted = [h.to_dict() for h in heads] if heads else "none (one classifier)"
+        raise StudentError(f"method {method!r} trains a student with heads {wanted}; the student given has "
+                           f"{[h.to_dict() for h in student.head_specs] or 'none'}. Pass the architecture name "
+                           "instead, and amalgamate builds the student the method needs.")
 
 
 def amalgamate(
@@ -141,18 +154,17 @@ def amalgamate(
     label_map = data_label_map(data, label_space)
     torch.manual_seed(seed)  # the initial weights of the method's parts and the student are part of ``seed``
     method_module = create_method(method, label_space, teachers, dict(method_options or {}))
+    heads = method_module.student_heads()
     if isinstance(student, str):
         student = Student(
             student,
             class_names=label_space.class_names,
             input_size=student_input_size or default_input_size(data.size),
             channels=data.channels,
+            heads=heads,
         )
-    elif list(student.class_names) != list(label_space.class_names):
-        raise TeacherError(
-            f"the student's classes {student.class_names} differ from the teachers' union "
-            f"{list(label_space.class_names)}"
-        )
+    else:
+        check_student(student, label_space, heads, method)
 
     visible = stratified_indices(data.train_labels, labeled_fraction, seed)
     if method_module.requires_labels and not visible.size:
@@ -171,7 +183,7 @@ def amalgamate(
         "method": {"name": method, "options": dict(method_options or {}), "paper": method_module.paper,
                    "summary": method_module.summary},
         "student": {"architecture": student.architecture, "parameters": student.num_parameters,
-                    "input": student.input_spec.to_dict()},
+                    "input": student.input_spec.to_dict(), "heads": [h.to_dict() for h in student.head_specs]},
         "train": config.to_dict(),
     }
     if run_path is not None and not resume:  # written first, so a crashed run still says what it was
@@ -188,12 +200,15 @@ def amalgamate(
         evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,
         should_stop=should_stop, checkpoint_dir=checkpoints, resume=resume,
     )
-    predictions, targets = student_predictions(student, test)
+    members, targets = member_probabilities(student, test)  # heads x samples x classes
+    predictions = members.mean(dim=0).argmax(dim=-1)
+    calibration = ensemble_report(members, targets)
     metrics = {
         "student": {
             "architecture": student.architecture,
             "parameters": student.num_parameters,
-            "accuracy": float((predictions == targets).float().mean()),
+            "accuracy": calibration.pop("accuracy"),
+            "calibration": calibration,  # NLL, ECE, Brier; with several heads, their uncertainty decomposition
             "per_class": per_class_accuracy(predictions, targets, label_space.class_names),
             "confusion": confusion_matrix(predictions, targets, label_space.num_classes),
         },

@@ -25,6 +25,10 @@ class MethodError(AmalgamError):
     """An unknown method name, or options a method does not accept."""
 
 
+class StudentError(AmalgamError):
+    """A student (its heads, its classes) cannot be built or does not fit the run."""
+
+
 class RecipeError(AmalgamError):
     """A recipe file is malformed or has unknown keys."""
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from amalgam.engine.uncertainty import member_probabilities_of
 from amalgam.methods.base import Method
 from amalgam.methods.blocks import place_logits, place_probabilities
 from amalgam.teachers.label_space import LabelSpace
@@ -21,6 +22,12 @@ def _batches(data: Dataset, device: torch.device):
         yield images.to(device), labels.to(device)
 
 
+def served_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The logits a model is scored by: its output, or for a student with heads its :meth:`Student.served`."""
+    outputs = model(images)
+    return model.served(outputs) if isinstance(outputs, dict) else outputs
+
+
 @torch.no_grad()
 def student_predictions(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted union indices and union labels for ``data`` (labels already mapped; -1 rows dropped)."""
@@ -31,10 +38,27 @@ def student_predictions(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, 
     for images, labels in _batches(data, device):
         keep = labels >= 0
         if keep.any():
-            predictions.append(model(images[keep]).argmax(dim=-1).cpu())
+            predictions.append(served_logits(model, images[keep]).argmax(dim=-1).cpu())
             targets.append(labels[keep].cpu())
     model.train(was_training)
     return torch.cat(predictions), torch.cat(targets)
+
+
+@torch.no_grad()
+def member_probabilities(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """``M x N x C`` probabilities of the model's voting members on ``data`` (a student's heads over its
+    classes; the model itself when it has one output) and the ``N`` union labels (-1 rows dropped)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probabilities, targets = [], []
+    for images, labels in _batches(data, device):
+        keep = labels >= 0
+        if keep.any():
+            probabilities.append(member_probabilities_of(model, images[keep]).cpu())
+            targets.append(labels[keep].cpu())
+    model.train(was_training)
+    return torch.cat(probabilities, dim=1), torch.cat(targets)
 
 
 def accuracy(model: nn.Module, data: Dataset) -> float:

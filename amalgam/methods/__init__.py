@@ -1,8 +1,8 @@
 """Amalgamation methods, found by name in a registry. Importing this package registers the built-in ones."""
 
 from amalgam.methods import (  # noqa: F401  (importing registers the methods)
-    adaptive, attention, autoencoder, cfl, confidence, dissimilarity, experts, feed, knowledge_flow, selective,
-    soft_targets, supervised, trust, two_teacher, wsl,
+    adaptive, attention, autoencoder, cfl, confidence, dissimilarity, experts, feed, hydra, knowledge_flow,
+    selective, soft_targets, supervised, trust, two_teacher, wsl,
 )
 from amalgam.methods.base import LabeledSet, Method, StepInputs
 from amalgam.methods.registry import available_methods, create_method, get_method, method_options, register_method

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
@@ -82,6 +83,12 @@ class Method(nn.Module):
     def teacher_taps(self) -> list[list[str]]:
         """Feature taps to request from each teacher (none by default: logits only)."""
         return [[] for _ in range(self.num_teachers)]
+
+    def student_heads(self) -> list[Head] | None:
+        """The named heads this method trains on a shared body (``None``: a plain student with one classifier
+        over the union classes). ``amalgamate`` builds the student with them; its ``forward`` then gives the
+        method ``{head name: output}`` as ``StepInputs.student_logits``."""
+        return None
 
     def student_taps(self, student: nn.Module) -> list[str]:
         """Module paths of ``student`` whose outputs this method reads (none by default)."""

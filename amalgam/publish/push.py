@@ -162,6 +162,9 @@ def publish(
 
     from amalgam import __version__
 
+    if space_id is not None and record.student_config.get("heads"):
+        raise PublishError("the demo Space serves students with one classifier; this student has named heads "
+                           f"({[h['name'] for h in record.student_config['heads']]}): publish it without demo")
     model_folder = write_model_folder(record, staging / "model", repo_id, timm_layout=timm_export,
                                       space_id=space_id, license=license)
     space_folder = None

@@ -1,13 +1,16 @@
-"""The student: a timm architecture with a classifier over the union label space, saved as a Hub model."""
+"""The student: a timm architecture with a classifier over the union label space (or named heads on a shared
+body), saved as a Hub model."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from amalgam.errors import StudentError
+from amalgam.students.heads import Head, check_heads
 from amalgam.teachers.preprocess import ImageSpec
 
 if TYPE_CHECKING:
@@ -27,6 +30,13 @@ class Student(
 ):
     """A timm model that takes amalgam's raw ``[0, 1]`` image batches and predicts the union classes.
 
+    Without ``heads`` it is the timm architecture with its own classifier over ``class_names`` (the plain case,
+    exportable in timm's format). With ``heads`` (:class:`Head` objects or their dicts) the timm model is the
+    shared body (its pooled features) and each named head has its own task and outputs; ``forward`` then
+    returns ``{head name: output}`` and :meth:`served` turns that into the logits over ``class_names`` that the
+    student is scored and served by: the mean of the probabilities of its classification heads over
+    ``class_names`` (an ensemble of heads), or the head named by ``serve``.
+
     Saved with ``save_pretrained`` as ``config.json`` (the constructor arguments below) plus
     ``model.safetensors``; ``from_pretrained`` loads with strict key checking.
 
@@ -34,6 +44,11 @@ class Student(
         >>> student = Student("test_efficientnet", class_names=["cat", "dog"], input_size=32, channels=1)
         >>> student(torch.rand(2, 1, 8, 8)).shape
         torch.Size([2, 2])
+        >>> heads = [{"name": f"member{m}", "outputs": ["cat", "dog"]} for m in range(3)]
+        >>> hydra = Student("test_efficientnet", class_names=["cat", "dog"], channels=1, heads=heads)
+        >>> outputs = hydra(torch.rand(4, 1, 8, 8))
+        >>> sorted(outputs), hydra.served(outputs).shape
+        (['member0', 'member1', 'member2'], torch.Size([4, 2]))
     """
 
     def __init__(
@@ -44,6 +59,8 @@ class Student(
         channels: int = 3,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
+        heads: Sequence[Head | Mapping[str, Any]] | None = None,
+        serve: str | None = None,
     ) -> None:
         import timm
 
@@ -51,19 +68,66 @@ class Student(
         self.architecture = architecture
         self.class_names = [str(c) for c in class_names]
         self.input_spec = ImageSpec(size=input_size, channels=channels, mean=mean, std=std)
-        self.model = timm.create_model(
-            architecture, pretrained=False, num_classes=len(self.class_names), in_chans=channels
-        )
+        self.head_specs = check_heads([Head.of(h) for h in heads]) if heads is not None else []
+        self.serve = serve
+        if self.head_specs and hasattr(self, "_hub_mixin_config"):
+            # the mixin records constructor arguments as given and drops what JSON cannot hold (Head objects)
+            self._hub_mixin_config["heads"] = [h.to_dict() for h in self.head_specs]
+        # with heads, the timm model ends at its pooled features (num_classes=0) and the heads follow
+        num_classes = 0 if self.head_specs else len(self.class_names)
+        self.model = timm.create_model(architecture, pretrained=False, num_classes=num_classes, in_chans=channels)
+        if self.head_specs:
+            self.heads = nn.ModuleDict({h.name: h.build(self.model.num_features) for h in self.head_specs})
+            self._check_served()
+        elif serve is not None:
+            raise StudentError("Student(serve=...) names a head; this student has none (pass heads=...)")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits over ``class_names`` for a raw image batch."""
-        return self.model(self.input_spec(images))
+    def _check_served(self) -> None:
+        head = {h.name: h for h in self.head_specs}.get(self.serve) if self.serve is not None else None
+        if self.serve is not None and (head is None or head.task != "classification"
+                                       or list(head.outputs) != self.class_names):
+            raise StudentError(f"serve={self.serve!r} must name a classification head over class_names "
+                               f"{self.class_names}; the heads are {[h.to_dict() for h in self.head_specs]}")
+        if not self.member_names:
+            raise StudentError(f"no classification head predicts class_names {self.class_names}: give one such "
+                               "head, or serve=<name of the head to serve>")
+
+    @property
+    def member_names(self) -> list[str]:
+        """The heads whose votes on ``class_names`` make the served prediction (the ``serve`` head alone, or
+        every classification head over ``class_names``)."""
+        if self.serve is not None:
+            return [self.serve]
+        return [h.name for h in self.head_specs
+                if h.task == "classification" and list(h.outputs) == self.class_names]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits over ``class_names`` for a raw image batch; with heads, each head's output by name."""
+        features = self.model(self.input_spec(images))
+        if not self.head_specs:
+            return features
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def members(self, outputs: torch.Tensor | dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The logits over ``class_names`` in :meth:`forward`'s ``outputs`` that vote: the plain student's own,
+        or those of :attr:`member_names`."""
+        if isinstance(outputs, torch.Tensor):
+            return [outputs]
+        return [outputs[name] for name in self.member_names]
+
+    def served(self, outputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits over ``class_names`` the student is scored and served by: a single member's own, or the
+        log of the members' mean probability."""
+        members = self.members(outputs)
+        if len(members) == 1:
+            return members[0]
+        return torch.stack([z.softmax(dim=-1) for z in members]).mean(dim=0).clamp_min(1e-12).log()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(class name, probability)`` per image."""
         self.eval()
-        probs = self(images.to(next(self.parameters()).device)).softmax(dim=-1)
+        probs = self.served(self(images.to(next(self.parameters()).device))).softmax(dim=-1)
         values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [
             [(self.class_names[i], float(v)) for v, i in zip(row_v.tolist(), row_i.tolist())]

@@ -1,0 +1,128 @@
+"""Hydra: one head per teacher on a shared body, so the student keeps the ensemble's disagreement."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from amalgam.errors import MethodError
+from amalgam.methods.base import Method, StepInputs
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_probabilities
+from amalgam.methods.registry import register_method
+from amalgam.students.heads import Head
+from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.teacher import Teacher
+
+
+def member_head_names(teacher_names: Sequence[str]) -> list[str]:
+    """One head name per teacher: its position and its name, reduced to the characters a head name allows.
+
+    >>> member_head_names(["cnn 0-4", "vit/all"])
+    ['0-cnn-0-4', '1-vit-all']
+    """
+    return [f"{k}-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}"[:64] for k, name in enumerate(teacher_names)]
+
+
+@register_method
+class Hydra(Method):
+    """Hydra (Tran et al., 2020; shared/METHODS.md §7): a shared body with one head per teacher.
+
+    Phase 1 (the first ``phase_one_share`` of the epochs) trains the first head as in Hinton KD on the teachers'
+    mean: ``tau^2 KL(mean_m softmax(z_m / tau) || softmax(h_1 / tau))``. At its end the first head is copied
+    into every head (plus Gaussian noise of ``init_noise_std``), and phase 2 trains head ``m`` on teacher ``m``:
+    ``tau^2 / M * sum_m KL(softmax(z_m / tau) || softmax(h_m / tau))``. The student predicts with the mean of
+    its heads' probabilities, and the spread of its heads is the ensemble's model uncertainty
+    (:mod:`amalgam.engine.uncertainty`).
+
+    Each teacher's probabilities are placed in the union label space by class name (zero on the classes it does
+    not know), so teachers with different label spaces work too; Hydra is made for teachers of one label space
+    (an ensemble). Inferred (no official code; the paper was read only through its abstract and a summary):
+    linear heads on the pooled feature (``head_hidden`` adds a hidden layer), the copy at the phase switch, the
+    50/50 split of the epochs. Ours: ``label_weight`` adds cross-entropy on the labeled fraction to the
+    trained heads (0 gives the paper's label-free objective).
+
+    Args:
+        temperature: ``tau``.
+        phase_one_share: the share of the epochs (rounded down) spent on the first head alone.
+        init_noise_std: std of the noise added to the copies of the first head at the phase switch.
+        head_hidden: width of a hidden layer in each head (0: linear heads).
+        label_weight: weight of the cross-entropy on labeled samples (per head, averaged over the heads trained).
+    """
+
+    name = "hydra"
+    paper = ("Tran, Veeling, Roth, Swiatkowski, Dillon, Snoek, Mandt, Salimans, Nowozin, Jenatton. Hydra: "
+             "Preserving Ensemble Diversity for Model Distillation. arXiv 2001.04694, 2020")
+    summary = "One student head per teacher on a shared body: the ensemble's accuracy and its uncertainty."
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        teachers: Sequence[Teacher],
+        temperature: float = 4.0,
+        phase_one_share: float = 0.5,
+        init_noise_std: float = 0.0,
+        head_hidden: int = 0,
+        label_weight: float = 1.0,
+    ) -> None:
+        super().__init__(label_space, teachers)
+        if temperature <= 0 or not 0.0 <= phase_one_share <= 1.0 or init_noise_std < 0 or head_hidden < 0:
+            raise MethodError(
+                "hydra: temperature must be positive, phase_one_share in [0, 1], init_noise_std and head_hidden "
+                f">= 0; got {temperature}, {phase_one_share}, {init_noise_std}, {head_hidden}"
+            )
+        self.temperature = float(temperature)
+        self.phase_one_share = float(phase_one_share)
+        self.init_noise_std = float(init_noise_std)
+        self.head_hidden = int(head_hidden)
+        self.label_weight = float(label_weight)
+        self.head_names = member_head_names(self.teacher_names)
+        self.phase = 2
+        self.phase_one_epochs = 0
+        self.epoch = 0
+
+    def student_heads(self) -> list[Head]:
+        classes = tuple(self.label_space.class_names)
+        return [Head(name, classes, hidden=self.head_hidden) for name in self.head_names]
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.epoch = epoch
+        self.phase_one_epochs = int(self.phase_one_share * epochs)
+        self.phase = 1 if epoch <= self.phase_one_epochs else 2
+
+    @torch.no_grad()
+    def end_epoch(self, student: nn.Module) -> dict[str, float]:
+        """At the end of phase 1, every head becomes a copy of the first (plus noise)."""
+        if self.phase == 1 and self.epoch == self.phase_one_epochs:
+            first = student.heads[self.head_names[0]]
+            for name in self.head_names[1:]:
+                for target, source in zip(student.heads[name].parameters(), first.parameters()):
+                    target.copy_(source + self.init_noise_std * torch.randn_like(source))
+        return {"phase": float(self.phase)}
+
+    def member_targets(self, teacher_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each teacher's softened probabilities in the union label space."""
+        one = torch.ones(1, device=teacher_logits[0].device)
+        return [place_probabilities([(z / self.temperature).softmax(dim=-1)], [idx], one,
+                                    self.label_space.num_classes)
+                for z, idx in zip(teacher_logits, self.indices())]
+
+    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.member_targets(teacher_logits)).mean(dim=0)
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        if not isinstance(step.student_logits, dict):
+            raise MethodError("hydra trains a student with one head per teacher; build it with the method's "
+                              "student_heads() (amalgamate does)")
+        targets = self.member_targets([out.logits for out in step.teacher_outputs])
+        if self.phase == 1:
+            pairs = [(step.student_logits[self.head_names[0]], torch.stack(targets).mean(dim=0))]
+        else:
+            pairs = [(step.student_logits[name], target) for name, target in zip(self.head_names, targets)]
+        losses = {"soft": sum(kd_loss(z, p, self.temperature) for z, p in pairs) / len(pairs)}
+        if self.label_weight > 0:
+            losses["labels"] = self.label_weight * sum(
+                masked_cross_entropy(z, step.labels) for z, _ in pairs) / len(pairs)
+        return losses

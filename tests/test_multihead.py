@@ -1,0 +1,186 @@
+"""Students with named heads, Hydra (shared/METHODS.md §7) and the uncertainty measures: hand-computed cases,
+save/reload, and a run on real digits."""
+
+import json
+import math
+
+import pytest
+import timm
+import torch
+
+import amalgam
+from amalgam.engine.uncertainty import auroc, brier_score, decompose, ensemble_report, expected_calibration_error
+from amalgam.errors import StudentError
+from amalgam.methods import StepInputs, create_method
+from amalgam.students import Head, Student
+from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
+
+CLASSES = ["a", "b", "c"]
+
+
+def _teachers(count, classes=CLASSES):
+    return [load_teacher(timm.create_model("test_efficientnet", num_classes=len(classes)), class_names=classes,
+                         name=f"t{k}") for k in range(count)]
+
+
+# --- the student's heads ------------------------------------------------------------------------------------------
+
+
+def test_a_three_head_student_saves_and_reloads_with_identical_outputs(tmp_path):
+    heads = [Head("item", CLASSES), {"name": "coarse", "outputs": ["top", "shoe"], "hidden": 8},
+             Head("size", ["cm"], task="regression")]
+    torch.manual_seed(0)
+    student = Student("test_efficientnet", class_names=CLASSES, channels=1, heads=heads).eval()
+    student.save_pretrained(tmp_path / "student")
+    loaded = Student.from_pretrained(tmp_path / "student").eval()
+    images = torch.rand(5, 1, 12, 12)
+    before, after = student(images), loaded(images)
+    assert list(after) == ["item", "coarse", "size"] and loaded.head_specs == student.head_specs
+    assert [tuple(t.shape) for t in after.values()] == [(5, 3), (5, 2), (5, 1)]
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    # the one head over its classes is what it serves; the others have their own tasks
+    assert loaded.member_names == ["item"] and torch.equal(loaded.served(after), after["item"])
+
+
+def test_a_student_serves_the_mean_probability_of_its_heads_over_its_classes():
+    student = Student("test_efficientnet", class_names=["a", "b"], channels=1,
+                      heads=[Head("m0", ["a", "b"]), Head("m1", ["a", "b"])])
+    outputs = {"m0": torch.tensor([[0.0, math.log(3.0)]]), "m1": torch.tensor([[0.0, 0.0]])}  # (1/4, 3/4), (1/2, 1/2)
+    assert student.served(outputs).exp()[0].tolist() == pytest.approx([0.375, 0.625])
+    assert student.predict(torch.rand(2, 1, 8, 8))[0][0][0] in ("a", "b")
+
+
+@pytest.mark.parametrize("heads, serve, message", [
+    ([Head("m0", ["x", "y"])], None, "no classification head predicts class_names"),
+    ([Head("m0", ["a", "b"])], "nope", "serve='nope' must name a classification head"),
+    ([{"name": "m0", "outputs": ["a", "b"]}, {"name": "m0", "outputs": ["a", "b"]}], None, "distinct names"),
+    ([{"name": "heads.0", "outputs": ["a", "b"]}], None, "letters, digits"),
+    ([{"name": "m0", "outputs": ["a", "b"], "task": "ranking"}], None, "task must be one of"),
+    ([{"name": "m0", "classes": ["a", "b"]}], None, "keys name, outputs, task, hidden"),
+])
+def test_bad_heads_are_refused_with_what_to_give(heads, serve, message):
+    with pytest.raises(StudentError, match=message):
+        Student("test_efficientnet", class_names=["a", "b"], channels=1, heads=heads, serve=serve)
+
+
+def test_a_head_computes_its_own_tasks_loss():
+    assert Head("c", ["a", "b"]).loss(torch.zeros(2, 2), torch.tensor([0, 1])).item() == pytest.approx(math.log(2))
+    assert Head("m", ["a", "b"], task="multilabel").loss(torch.zeros(1, 2), torch.tensor([[1, 0]])).item() == \
+        pytest.approx(math.log(2))
+    assert Head("r", ["cm"], task="regression").loss(torch.tensor([[1.0]]), torch.tensor([[3.0]])).item() == 4.0
+
+
+# --- uncertainty and calibration ------------------------------------------------------------------------------------
+
+
+def test_uncertainty_decomposition_by_hand():
+    # member 1 says (1, 0), member 2 says (1/2, 1/2): mean (3/4, 1/4)
+    parts = decompose(torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]]]))
+    total = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    data = (0.0 + math.log(2)) / 2
+    assert parts["total"].item() == pytest.approx(total, rel=1e-6)
+    assert parts["data"].item() == pytest.approx(data, rel=1e-6)
+    assert parts["model"].item() == pytest.approx(total - data, rel=1e-6)  # total = data + model
+
+
+def test_model_uncertainty_is_zero_when_the_members_agree_and_positive_otherwise():
+    probs = torch.rand(1, 64, 5).softmax(dim=-1)
+    assert decompose(probs.expand(4, 64, 5))["model"].abs().max().item() < 1e-6
+    assert (decompose(torch.rand(4, 64, 5).softmax(dim=-1))["model"] > 0).all()
+
+
+def test_calibration_measures_by_hand():
+    labels = torch.tensor([0, 0, 1, 1])
+    sure_and_right = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert expected_calibration_error(sure_and_right, labels) == 0.0
+    assert brier_score(sure_and_right, labels) == 0.0
+    half = torch.full((4, 2), 0.5)  # confidence 1/2, accuracy 1/2 (argmax picks class 0): calibrated
+    assert expected_calibration_error(half, labels) == pytest.approx(0.0)
+    assert brier_score(half, labels) == pytest.approx(0.5)
+    assert ensemble_report(half[None], labels)["nll"] == pytest.approx(math.log(2))
+    assert auroc(torch.tensor([0.1, 0.2]), torch.tensor([0.5, 0.9])) == 1.0
+    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.5
+
+
+# --- Hydra ------------------------------------------------------------------------------------------------------
+
+
+def _hydra_step(method, head_logits, teacher_logits, labels=None):
+    labels = torch.full((len(teacher_logits[0]),), -1) if labels is None else labels
+    return method(StepInputs(head_logits, [TeacherOutput(z) for z in teacher_logits], labels))
+
+
+def test_hydra_with_one_head_is_hinton_kd_in_both_phases():
+    space = LabelSpace.union([CLASSES])
+    teachers = _teachers(1)
+    hydra = create_method("hydra", space, teachers, {"temperature": 2.0})
+    kd = create_method("soft-targets", space, teachers, {"temperature": 2.0})
+    student_logits, teacher_logits = torch.randn(6, 3), torch.randn(6, 3)
+    labels = torch.tensor([0, -1, 2, -1, 1, -1])
+    expected = kd(StepInputs(student_logits, [TeacherOutput(teacher_logits)], labels))
+    [head] = hydra.head_names
+    for epoch in (1, 2):  # phase 1, then phase 2, of a 2-epoch run
+        hydra.start_epoch(epoch, 2)
+        assert hydra.phase == epoch
+        got = _hydra_step(hydra, {head: student_logits}, [teacher_logits], labels)
+        assert {k: v.item() for k, v in got.items()} == pytest.approx({k: v.item() for k, v in expected.items()})
+
+
+def test_hydra_phase_one_learns_the_mean_and_phase_two_each_head_its_teacher():
+    space = LabelSpace.union([CLASSES] * 2)
+    hydra = create_method("hydra", space, _teachers(2), {"temperature": 1.0, "label_weight": 0.0})
+    h0, h1 = hydra.head_names
+    assert (h0, h1) == ("0-t0", "1-t1")
+    # teacher 0 sure of class a, teacher 1 uniform: phase 1's target is their mean, for head 0 only
+    t0, t1 = torch.tensor([[20.0, 0.0, 0.0]]), torch.zeros(1, 3)
+    p0, p1 = torch.softmax(t0, -1), torch.full((1, 3), 1 / 3)
+    heads = {h0: torch.zeros(1, 3), h1: t0.clone()}
+
+    def kl(p, z):
+        return float((p * (p.clamp_min(1e-30).log() - torch.log_softmax(z, -1))).sum())
+
+    hydra.start_epoch(1, 2)
+    assert _hydra_step(hydra, heads, [t0, t1])["soft"].item() == pytest.approx(kl((p0 + p1) / 2, heads[h0]),
+                                                                               rel=1e-5)
+    hydra.start_epoch(2, 2)
+    expected = (kl(p0, heads[h0]) + kl(p1, heads[h1])) / 2
+    assert _hydra_step(hydra, heads, [t0, t1])["soft"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_hydra_copies_the_first_head_into_every_head_when_phase_one_ends():
+    space = LabelSpace.union([CLASSES] * 3)
+    hydra = create_method("hydra", space, _teachers(3), {"phase_one_share": 0.5})
+    student = Student("test_efficientnet", class_names=CLASSES, channels=1, heads=hydra.student_heads())
+    first, others = hydra.head_names[0], hydra.head_names[1:]
+    hydra.start_epoch(1, 4)
+    hydra.end_epoch(student)  # epoch 1 of phase 1 (2 epochs): nothing yet
+    assert not torch.equal(student.heads[first].weight, student.heads[others[0]].weight)
+    hydra.start_epoch(2, 4)
+    assert hydra.end_epoch(student) == {"phase": 1.0}
+    assert all(torch.equal(student.heads[first].weight, student.heads[o].weight) for o in others)
+    hydra.start_epoch(3, 4)
+    assert hydra.phase == 2
+
+
+def test_hydra_refuses_a_student_without_its_heads(demo_zoo):
+    with pytest.raises(StudentError, match="trains a student with heads"):
+        amalgam.amalgamate(demo_zoo, student=Student("test_efficientnet", class_names=[str(d) for d in range(10)],
+                                                     channels=1), method="hydra", epochs=1, progress=False)
+
+
+def test_hydra_on_digits_learns_and_keeps_the_teachers_disagreement(demo_zoo, tmp_path):
+    """The demo teachers know digits 0-4 (CNN) and 5-9 (ViT), so they disagree on every image: the heads that
+    learn them must disagree too (model uncertainty), where a one-head student has none."""
+    result = amalgam.amalgamate(demo_zoo, data="digits", method="hydra", epochs=4, progress=False,
+                                run_dir=tmp_path / "run", labeled_fraction=0.05)
+    student, metrics = result.student, result.metrics
+    assert len(student.head_specs) == 2
+    assert metrics["student"]["accuracy"] > 0.6
+    calibration = metrics["student"]["calibration"]
+    assert calibration["model_uncertainty"] > 0.1
+    assert calibration["total_uncertainty"] == pytest.approx(
+        calibration["data_uncertainty"] + calibration["model_uncertainty"], rel=1e-4)
+    described = json.loads((tmp_path / "run" / "run.json").read_text())["student"]["heads"]
+    assert [h["name"] for h in described] == student.member_names == ["0-cnn-digits-0to4", "1-vit-digits-5to9"]
+    reloaded = Student.from_pretrained(tmp_path / "run" / "student")
+    assert reloaded.member_names == student.member_names
