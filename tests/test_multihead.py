@@ -184,3 +184,38 @@ def test_hydra_on_digits_learns_and_keeps_the_teachers_disagreement(demo_zoo, tm
     assert [h["name"] for h in described] == student.member_names == ["0-cnn-digits-0to4", "1-vit-digits-5to9"]
     reloaded = Student.from_pretrained(tmp_path / "run" / "student")
     assert reloaded.member_names == student.member_names
+
+
+# --- multi-branch ensemble distillation (§10b) ------------------------------------------------------------------
+
+
+def test_multi_branch_loss_by_hand():
+    space = LabelSpace.union([["a", "b"], ["b", "c"]])
+    teachers = [load_teacher(timm.create_model("test_resnet", num_classes=2), class_names=c, name=n)
+                for c, n in ((["a", "b"], "t0"), (["b", "c"], "t1"))]
+    method = create_method("multi-branch", space, teachers, {"temperature": 1.0, "branch_width": 2})
+    [tap0], [tap1] = method.teacher_taps()
+    features = [torch.tensor([[[[1.0]], [[3.0]]]]), torch.tensor([[[[2.0]]]])]  # B=1: widths 2 and 1, 1x1 maps
+    outputs = [TeacherOutput(torch.zeros(1, 2), {tap0: features[0]}),
+               TeacherOutput(torch.zeros(1, 2), {tap1: features[1]})]
+    b0, b1 = method.head_names
+    branch_features = {f"heads.{b0}.1": torch.ones(1, 2), f"heads.{b1}.1": torch.ones(1, 2)}
+    method.attach(branch_features, outputs)
+    for adapter in method.adapters:  # a_b(f) = 0: the feature term is the mean of F_b^2
+        torch.nn.init.zeros_(adapter.weight), torch.nn.init.zeros_(adapter.bias)
+    # student branches: uniform over (a, b, c); teacher 0 -> (1/2, 1/2, 0), teacher 1 -> (0, 1/2, 1/2)
+    logits = {b0: torch.zeros(1, 3), b1: torch.zeros(1, 3)}
+    losses = method(StepInputs(logits, outputs, torch.tensor([2]), student_features=branch_features))
+    kd_each = 2 * 0.5 * math.log(0.5 / (1 / 3))  # KL((1/2, 1/2, 0) || uniform)
+    assert losses["soft"].item() == pytest.approx(2 * kd_each, rel=1e-5)
+    assert losses["features"].item() == pytest.approx((1 + 9) / 2 + 4, rel=1e-5)
+    assert losses["labels"].item() == pytest.approx(3 * math.log(3), rel=1e-5)  # two branches + their mean
+
+
+def test_multi_branch_on_digits_learns(demo_zoo):
+    result = amalgam.amalgamate(demo_zoo, data="digits", method="multi-branch", epochs=4, progress=False,
+                                labeled_fraction=0.05)
+    history = result.history
+    assert history[-1]["features"] < history[0]["features"] and history[-1]["soft"] < history[0]["soft"]
+    assert result.metrics["student"]["accuracy"] > 0.6
+    assert len(result.student.member_names) == 2

@@ -1,7 +1,7 @@
 """Amalgamation methods, found by name in a registry. Importing this package registers the built-in ones."""
 
 from amalgam.methods import (  # noqa: F401  (importing registers the methods)
-    adaptive, attention, autoencoder, cfl, confidence, dissimilarity, experts, feed, hydra, knowledge_flow,
+    adaptive, attention, autoencoder, branches, cfl, confidence, dissimilarity, experts, feed, hydra, knowledge_flow,
     selective, soft_targets, supervised, trust, two_teacher, wsl,
 )
 from amalgam.methods.base import LabeledSet, Method, StepInputs

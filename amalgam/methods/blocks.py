@@ -69,6 +69,19 @@ def place_probabilities(
     return target
 
 
+def placed_targets(teacher_logits: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], temperature: float,
+                   num_classes: int) -> list[torch.Tensor]:
+    """Each teacher's ``softmax(z_k / tau)`` alone in the union label space (zero on classes it does not know):
+    the per-teacher targets of students with a head or branch per teacher.
+
+    >>> placed_targets([torch.zeros(1, 2)], [torch.tensor([2, 0])], 1.0, 3)
+    [tensor([[0.5000, 0.0000, 0.5000]])]
+    """
+    one = torch.ones(1, device=teacher_logits[0].device)
+    return [place_probabilities([(z / temperature).softmax(dim=-1)], [idx.to(z.device)], one, num_classes)
+            for z, idx in zip(teacher_logits, indices)]
+
+
 def place_logits(logits: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
     """Teachers' raw logits side by side in the union space, as one classifier's logits.
 

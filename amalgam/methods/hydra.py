@@ -10,7 +10,7 @@ from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_probabilities
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy, placed_targets
 from amalgam.methods.registry import register_method
 from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
@@ -104,10 +104,7 @@ class Hydra(Method):
 
     def member_targets(self, teacher_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each teacher's softened probabilities in the union label space."""
-        one = torch.ones(1, device=teacher_logits[0].device)
-        return [place_probabilities([(z / self.temperature).softmax(dim=-1)], [idx], one,
-                                    self.label_space.num_classes)
-                for z, idx in zip(teacher_logits, self.indices())]
+        return placed_targets(teacher_logits, self.indices(), self.temperature, self.label_space.num_classes)
 
     def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.member_targets(teacher_logits)).mean(dim=0)

@@ -1,0 +1,115 @@
+"""Multi-branch ensemble distillation: a student branch per teacher, the branches' ensemble learning the labels."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from amalgam.errors import MethodError
+from amalgam.methods.base import Method, StepInputs
+from amalgam.methods.blocks import feature_reconstruction, kd_loss, masked_cross_entropy, placed_targets
+from amalgam.methods.features import LayerPairs, feature_vector
+from amalgam.methods.hydra import member_head_names
+from amalgam.methods.registry import register_method
+from amalgam.students.heads import Head
+from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.teacher import Teacher, TeacherOutput
+
+
+@register_method
+class MultiBranch(Method):
+    """Ensemble knowledge distillation into parallel branches (Asif, Tang, Harrer, ECAI 2020; shared/METHODS.md
+    §10b, loss inferred).
+
+    The student is a shared body (the timm model up to its pooled feature) and one branch per teacher: a hidden
+    layer of ``branch_width`` (ReLU), whose output ``f_b`` is the branch's feature, then the branch's logits
+    ``z_b`` over the union classes. Branch ``b`` learns teacher ``b``'s softened outputs (placed in the union
+    label space) and, through a linear adapter ``a_b``, teacher ``b``'s last-stage feature ``F_b`` (averaged over
+    positions); on the labeled fraction each branch and the branches' mean logits ``z_bar`` learn the labels:
+
+        ``sum_b [kd_weight * KD(z_b, softmax(z_tb / tau)) + feature_weight * MSE(a_b(f_b), F_b)
+        + label_weight * CE(y, z_b)] + label_weight * CE(y, z_bar)``
+
+    Provenance: the abstract only; the loss, ``tau = 4`` and the unit weights are §10b's inferred form.
+    Deviations and choices of ours: a branch is a hidden layer plus a classifier on the shared pooled feature
+    (the paper's branches are deeper, their own convolutional blocks); the feature term is the mean squared
+    error over the feature's elements, not the summed squared norm; the student serves the mean of the
+    branches' probabilities (:meth:`Student.served`), not the softmax of their mean logits.
+
+    Args:
+        temperature: ``tau``.
+        kd_weight, feature_weight, label_weight: ``lambda_kd``, ``lambda_f`` and the weight of the label terms.
+        branch_width: width of each branch's hidden layer (its feature ``f_b``).
+        teacher_layers: one tap per teacher (as a one-element list each) for ``F_b`` instead of its last stage.
+    """
+
+    name = "multi-branch"
+    paper = ("Asif, Tang, Harrer. Ensemble Knowledge Distillation for Learning Improved and Efficient Networks. "
+             "ECAI 2020")
+    summary = "A student branch per teacher on a shared body; each learns its teacher, their ensemble the labels."
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        teachers: Sequence[Teacher],
+        temperature: float = 4.0,
+        kd_weight: float = 1.0,
+        feature_weight: float = 1.0,
+        label_weight: float = 1.0,
+        branch_width: int = 128,
+        teacher_layers: Sequence[Sequence[str]] | None = None,
+    ) -> None:
+        super().__init__(label_space, teachers)
+        if temperature <= 0 or branch_width < 1 or min(kd_weight, feature_weight, label_weight) < 0:
+            raise MethodError(f"multi-branch: temperature and branch_width must be positive and the weights >= 0, "
+                              f"got {temperature}, {branch_width}, {kd_weight}, {feature_weight}, {label_weight}")
+        self.temperature = float(temperature)
+        self.kd_weight, self.feature_weight, self.label_weight = float(kd_weight), float(feature_weight), \
+            float(label_weight)
+        self.branch_width = int(branch_width)
+        self.head_names = member_head_names(self.teacher_names)
+        self.layers = LayerPairs(self.name, teachers, 1, None, teacher_layers)  # the teachers' last stage
+        self.adapters = nn.ModuleList()  # a_b, built by attach()
+
+    def student_heads(self) -> list[Head]:
+        classes = tuple(self.label_space.class_names)
+        return [Head(name, classes, hidden=self.branch_width) for name in self.head_names]
+
+    def teacher_taps(self) -> list[list[str]]:
+        return self.layers.teacher if self.feature_weight > 0 else [[] for _ in range(self.num_teachers)]
+
+    def student_taps(self, student: nn.Module) -> list[str]:
+        # the output of each branch's hidden layer (Linear, ReLU, Linear: index 1)
+        return [f"heads.{name}.1" for name in self.head_names] if self.feature_weight > 0 else []
+
+    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+        """``a_b``: from the branch width to teacher ``b``'s feature width, as seen on the probe batch."""
+        if self.feature_weight > 0:
+            self.adapters = nn.ModuleList(
+                nn.Linear(self.branch_width, feature_vector(out.features[taps[0]], "mean").shape[1])
+                for out, taps in zip(teacher_outputs, self.layers.teacher))
+
+    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        return torch.stack(placed_targets(teacher_logits, self.indices(), 1.0, self.label_space.num_classes)).mean(0)
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        if not isinstance(step.student_logits, dict):
+            raise MethodError("multi-branch trains a student with one branch per teacher; build it with the "
+                              "method's student_heads() (amalgamate does)")
+        branches = [step.student_logits[name] for name in self.head_names]
+        targets = placed_targets([out.logits for out in step.teacher_outputs], self.indices(), self.temperature,
+                                 self.label_space.num_classes)
+        losses = {"soft": self.kd_weight * sum(kd_loss(z, p, self.temperature) for z, p in zip(branches, targets))}
+        if self.feature_weight > 0:
+            losses["features"] = self.feature_weight * sum(
+                feature_reconstruction(adapter(step.student_features[f"heads.{name}.1"]),
+                                       feature_vector(out.features[taps[0]], "mean"))
+                for adapter, name, out, taps in zip(self.adapters, self.head_names, step.teacher_outputs,
+                                                    self.layers.teacher))
+        if self.label_weight > 0:
+            mean_logits = torch.stack(branches).mean(dim=0)
+            losses["labels"] = self.label_weight * (sum(masked_cross_entropy(z, step.labels) for z in branches)
+                                                    + masked_cross_entropy(mean_logits, step.labels))
+        return losses
