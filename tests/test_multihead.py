@@ -12,6 +12,8 @@ import amalgam
 from amalgam.engine.uncertainty import auroc, brier_score, decompose, ensemble_report, expected_calibration_error
 from amalgam.errors import StudentError
 from amalgam.methods import StepInputs, create_method
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy, placed_targets
+from amalgam.methods.ods import ods_perturbation
 from amalgam.students import Head, Student
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
 
@@ -219,3 +221,54 @@ def test_multi_branch_on_digits_learns(demo_zoo):
     assert history[-1]["features"] < history[0]["features"] and history[-1]["soft"] < history[0]["soft"]
     assert result.metrics["student"]["accuracy"] > 0.6
     assert len(result.student.member_names) == 2
+
+
+# --- ODS (§8) -------------------------------------------------------------------------------------------------------
+
+
+def test_ods_perturbation_has_rms_eta_per_sample_and_stays_in_range():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3 * 4 * 4, 5)
+
+    def logits_of(x):
+        return linear(x.flatten(1))
+
+    images = torch.full((6, 3, 4, 4), 0.5)
+    eta = 0.01
+    moved = ods_perturbation(images, logits_of, temperature=4.0, step_size=eta)
+    rms = (moved - images).flatten(1).norm(dim=1) / math.sqrt(3 * 4 * 4)
+    assert rms.tolist() == pytest.approx([eta] * 6, rel=1e-4)
+    confident = ods_perturbation(images, logits_of, temperature=4.0, step_size=eta, confidence=True)
+    top = (logits_of(images) / 4.0).softmax(-1).max(-1).values
+    rms = (confident - images).flatten(1).norm(dim=1) / math.sqrt(3 * 4 * 4)
+    assert rms.tolist() == pytest.approx((eta * top).tolist(), rel=1e-4)
+    edges = torch.randint(0, 2, (6, 3, 4, 4)).float()
+    far = ods_perturbation(edges, logits_of, temperature=4.0, step_size=0.5)
+    assert far.min() >= 0 and far.max() <= 1 and not torch.equal(far, edges)
+
+
+def test_ods_without_perturbation_is_per_member_kd(demo_zoo):
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    space = LabelSpace.union([t.class_names for t in teachers])
+    method = create_method("ods", space, teachers, {"perturbation": "none", "alpha": 0.75, "temperature": 2.0})
+    images = torch.rand(4, 1, 8, 8)
+    assert method.training_inputs(images) is images
+    heads = {name: torch.randn(4, 10) for name in method.head_names}
+    labels = torch.tensor([3, -1, 7, -1])
+    losses = method(StepInputs(heads, [], labels, images))
+    kd = sum(kd_loss(heads[name], target, 2.0) for name, target in zip(
+        method.head_names, placed_targets([t(images).logits for t in teachers], method.indices(), 2.0, 10)))
+    ce = sum(masked_cross_entropy(heads[name], labels) for name in method.head_names)
+    assert losses["soft"].item() == pytest.approx(0.75 * kd.item(), rel=1e-5)
+    assert losses["labels"].item() == pytest.approx(0.25 * ce.item(), rel=1e-5)
+    ods = create_method("ods", space, teachers, {"step_size": 0.01})
+    inner = 0.25 + 0.5 * images  # no value within 0.08 (sqrt(D) * eta) of 0 or 1: nothing clipped
+    moved = ods.training_inputs(inner)
+    assert (moved - inner).flatten(1).norm(dim=1).tolist() == pytest.approx([0.01 * 8] * 4, rel=1e-3)
+
+
+def test_ods_on_digits_learns(demo_zoo):
+    result = amalgam.amalgamate(demo_zoo, data="digits", method="ods", epochs=4, progress=False,
+                                labeled_fraction=0.05)
+    assert result.history[-1]["soft"] < result.history[0]["soft"]
+    assert result.metrics["student"]["accuracy"] > 0.6

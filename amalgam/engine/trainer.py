@@ -190,6 +190,7 @@ def train(
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
             teacher_outputs = signals(images, indices) if signals is not None else []
+            images = method.training_inputs(images)
             with accelerator.accumulate(model):
                 with (accelerator.autocast(), capture_features(model, student_taps, tapped) as student_features,
                       method.student_output_transform(accelerator.unwrap_model(model), teacher_outputs)):

@@ -120,6 +120,11 @@ class Method(nn.Module):
         """Called after each epoch with the student; returns numbers to log in that epoch's record."""
         return {}
 
+    def training_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch the student trains on in this step (and ``StepInputs.images``): ``images`` by default;
+        ODS moves it where the teachers disagree. The teachers' cached outputs stay those of ``images``."""
+        return images
+
     def student_output_transform(self, student: nn.Module,
                                  teacher_outputs: Sequence[TeacherOutput]) -> AbstractContextManager[None]:
         """A context the engine enters around the student's forward in training steps only (not the probe, not

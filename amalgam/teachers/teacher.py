@@ -101,19 +101,31 @@ class Teacher(FrozenModel):
         hooked = [t for t in taps if t not in hidden]
         modules = resolve_modules(self.model, hooked, f"teacher {self.name!r}", self._suggested_taps)
         with capture_features(self.model, hooked, modules) as features:
-            if self.library == "transformers":
-                out = self.model(pixel_values=x, output_hidden_states=bool(hidden))
-                logits = out.logits
-                for tap in hidden:
-                    features[tap] = self._hidden_state(out.hidden_states, tap)
-            else:
-                logits = self.model(x)
+            logits, states = self._run(x, hidden_states=bool(hidden))
+            for tap in hidden:
+                features[tap] = self._hidden_state(states, tap)
+        return TeacherOutput(logits=logits, features={t: features[t] for t in taps})
+
+    def differentiable_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits whose graph reaches back to ``images`` (the weights stay frozen), for methods that perturb
+        the input against a teacher (ODS, shared/METHODS.md §8)."""
+        with torch.enable_grad():
+            return self._run(self.input_spec(images.to(self.device)))[0]
+
+    def _run(self, x: torch.Tensor, hidden_states: bool = False) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        """The model on its own input: logits, and the hidden states when asked (transformers)."""
+        states: Sequence[torch.Tensor] = ()
+        if self.library == "transformers":
+            out = self.model(pixel_values=x, output_hidden_states=hidden_states)
+            logits, states = out.logits, out.hidden_states or ()
+        else:
+            logits = self.model(x)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise TeacherError(
                 f"teacher {self.name!r} must return class logits of shape B x C; it returned "
                 f"{getattr(logits, 'shape', type(logits).__name__)}"
             )
-        return TeacherOutput(logits=logits, features={t: features[t] for t in taps})
+        return logits, states
 
     def _hidden_state(self, states: Sequence[torch.Tensor], tap: str) -> torch.Tensor:
         index = tap[len(HIDDEN_STATE_TAP):]
