@@ -14,6 +14,7 @@ from amalgam.errors import StudentError
 from amalgam.methods import StepInputs, create_method
 from amalgam.methods.blocks import kd_loss, masked_cross_entropy, placed_targets
 from amalgam.methods.ods import ods_perturbation
+from amalgam.methods.stochastic import residual_blocks, skipped, survival_probabilities
 from amalgam.students import Head, Student
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
 
@@ -269,6 +270,65 @@ def test_ods_without_perturbation_is_per_member_kd(demo_zoo):
 
 def test_ods_on_digits_learns(demo_zoo):
     result = amalgam.amalgamate(demo_zoo, data="digits", method="ods", epochs=4, progress=False,
+                                labeled_fraction=0.05)
+    assert result.history[-1]["soft"] < result.history[0]["soft"]
+    assert result.metrics["student"]["accuracy"] > 0.6
+
+
+# --- many teachers from one (§10e) ----------------------------------------------------------------------------------
+
+
+class ResidualBlock(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.body = torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Linear(4, 3)  # changes the width: not a block
+        self.stages = torch.nn.Sequential(ResidualBlock(3), ResidualBlock(3), ResidualBlock(3))
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+def test_residual_blocks_are_found_and_a_skipped_block_is_its_skip_connection():
+    torch.manual_seed(0)
+    toy = Toy()
+    assert residual_blocks(toy, torch.rand(1, 4), toy) == ["stages.0", "stages.1", "stages.2"]
+    x = torch.rand(5, 4)
+    with skipped(toy, ["stages.1"]):
+        without = toy(x)
+    expected = toy.head(toy.stages[2](toy.stages[0](toy.stem(x))))
+    assert torch.allclose(without, expected)
+    assert torch.allclose(toy(x), toy.head(toy.stages(toy.stem(x))))  # the hooks are gone
+
+
+def test_stochastic_teachers_draw_sub_networks_and_with_survival_one_are_soft_targets(demo_zoo):
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    space = LabelSpace.union([t.class_names for t in teachers])
+    method = create_method("stochastic-teachers", space, teachers, {"survival": 0.5})
+    assert method.blocks == [["layer1.0"], ["vit.layers.0", "vit.layers.1", "vit.layers.2"]]
+    torch.manual_seed(0)
+    draws = [method.sample_skipped()[1] for _ in range(2000)]
+    rates = [sum(path in d for d in draws) / len(draws) for path in method.blocks[1]]
+    assert rates == pytest.approx([1 - p for p in survival_probabilities(3, 0.5)], abs=0.04)  # 1/6, 1/3, 1/2
+    whole = create_method("stochastic-teachers", space, teachers, {"survival": 1.0, "alpha": 0.9})
+    kd = create_method("soft-targets", space, teachers, {"soft_weight": 0.9, "label_weight": 0.1})
+    images, logits, labels = torch.rand(4, 1, 8, 8), torch.randn(4, 10), torch.tensor([1, -1, 6, -1])
+    got = whole(StepInputs(logits, [], labels, images))
+    expected = kd(StepInputs(logits, [t(images) for t in teachers], labels, images))
+    assert {k: v.item() for k, v in got.items()} == pytest.approx({k: v.item() for k, v in expected.items()})
+
+
+def test_stochastic_teachers_on_digits_learn(demo_zoo):
+    result = amalgam.amalgamate(demo_zoo, data="digits", method="stochastic-teachers", epochs=4, progress=False,
                                 labeled_fraction=0.05)
     assert result.history[-1]["soft"] < result.history[0]["soft"]
     assert result.metrics["student"]["accuracy"] > 0.6
