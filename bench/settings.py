@@ -4,6 +4,8 @@
 - ``fmnist-overlap``: three teachers on overlapping classes {0-4} (timm CNN), {3-7} (ViT), {6-9, 0}
   (transformers ConvNeXt): where choosing whom to trust matters most.
 - ``digits-split`` / ``digits-overlap``: the same shapes on scikit-learn digits, a smoke version in a minute.
+- ``fmnist-ensemble`` / ``digits-ensemble`` (``ENSEMBLE_SETTINGS``, for ``bench.ensemble``): three teachers of
+  three architectures, each on every class: an ensemble whose disagreement a multi-head student should keep.
 
 Teachers are trained on their classes of the train split only, saved in their libraries' Hub layouts under
 ``$AMALGAM_HOME/bench-teachers/<setting>/`` and reused by every later run.
@@ -68,6 +70,16 @@ def _digits_teachers(overlap: bool) -> dict[str, TeacherSpec]:
     }
 
 
+def _ensemble_teachers(classes: list[str], fashion: bool) -> dict[str, TeacherSpec]:
+    batch = 128 if fashion else 32
+    return {
+        "cnn-all": TeacherSpec("timm-cnn", classes, size=32, epochs=3 if fashion else 10, batch_size=batch),
+        "vit-all": TeacherSpec("vit", classes, size=28 if fashion else 16, epochs=5 if fashion else 40,
+                               batch_size=batch),
+        "convnext-all": TeacherSpec("convnext", classes, size=32, epochs=3 if fashion else 20, batch_size=batch),
+    }
+
+
 FASHION_BUDGET = TrainConfig(epochs=3, batch_size=128, lr=3e-3)
 DIGITS_BUDGET = TrainConfig(epochs=10, batch_size=64, lr=3e-3)
 
@@ -76,4 +88,10 @@ SETTINGS = {
     "fmnist-overlap": Setting("fmnist-overlap", load_fashion_mnist, _fashion_teachers(True), FASHION_BUDGET),
     "digits-split": Setting("digits-split", load_digits, _digits_teachers(False), DIGITS_BUDGET),
     "digits-overlap": Setting("digits-overlap", load_digits, _digits_teachers(True), DIGITS_BUDGET),
+}
+
+ENSEMBLE_SETTINGS = {
+    "fmnist-ensemble": Setting("fmnist-ensemble", load_fashion_mnist, _ensemble_teachers(FASHION, True),
+                               FASHION_BUDGET),
+    "digits-ensemble": Setting("digits-ensemble", load_digits, _ensemble_teachers(DIGITS, False), DIGITS_BUDGET),
 }
