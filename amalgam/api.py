@@ -59,15 +59,18 @@ def data_label_map(data: ImageData, label_space: LabelSpace) -> list[int]:
     return [-1 if j is None else j for j in mapping]
 
 
-def check_student(student: Student, label_space: LabelSpace, heads: Sequence[Head] | None, method: str) -> None:
-    """A given student must predict the union classes and have the heads the method trains (or none)."""
+def check_student(student: Student, label_space: LabelSpace, heads: Sequence[Head] | None, serve: str | None,
+                  method: str) -> None:
+    """A given student must predict the union classes and have the heads the method trains (or none), served
+    as the method serves them."""
     if list(student.class_names) != list(label_space.class_names):
         raise StudentError(f"the student's classes {student.class_names} differ from the teachers' union "
                            f"{list(label_space.class_names)}")
-    if list(student.head_specs) != list(heads or []):
+    if list(student.head_specs) != list(heads or []) or student.serve != serve:
         wanted = [h.to_dict() for h in heads] if heads else "none (one classifier)"
-        raise StudentError(f"method {method!r} trains a student with heads {wanted}; the student given has "
-                           f"{[h.to_dict() for h in student.head_specs] or 'none'}. Pass the architecture name "
+        raise StudentError(f"method {method!r} trains a student with heads {wanted} (served by {serve!r}); the "
+                           f"student given has {[h.to_dict() for h in student.head_specs] or 'none'} (served by "
+                           f"{student.serve!r}). Pass the architecture name "
                            "instead, and amalgamate builds the student the method needs.")
 
 
@@ -142,7 +145,8 @@ def amalgamate(
     if not teachers:
         raise TeacherError("amalgamate needs at least one teacher")
     teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, parts_lr=parts_lr, seed=seed, mixed_precision=mixed_precision,
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, parts_lr=parts_lr, seed=seed,
+                         mixed_precision=mixed_precision,
                          grad_accumulation=grad_accumulation, checkpoint_every=checkpoint_every)
     checkpoints = Path(run_dir) / "checkpoints" if run_dir is not None else None
     if resume and checkpoints is None:
@@ -162,9 +166,10 @@ def amalgamate(
             input_size=student_input_size or default_input_size(data.size),
             channels=data.channels,
             heads=heads,
+            serve=method_module.student_serve(),
         )
     else:
-        check_student(student, label_space, heads, method)
+        check_student(student, label_space, heads, method_module.student_serve(), method)
 
     visible = stratified_indices(data.train_labels, labeled_fraction, seed)
     if method_module.requires_labels and not visible.size:

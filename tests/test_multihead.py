@@ -9,6 +9,7 @@ import timm
 import torch
 
 import amalgam
+from amalgam.data import load_digits
 from amalgam.engine.uncertainty import auroc, brier_score, decompose, ensemble_report, expected_calibration_error
 from amalgam.errors import StudentError
 from amalgam.methods import StepInputs, create_method
@@ -332,3 +333,64 @@ def test_stochastic_teachers_on_digits_learn(demo_zoo):
                                 labeled_fraction=0.05)
     assert result.history[-1]["soft"] < result.history[0]["soft"]
     assert result.metrics["student"]["accuracy"] > 0.6
+
+
+# --- collaboration by competition (SOKA, §5) ----------------------------------------------------------------------
+
+
+def _soka_backward(demo_zoo, collaboration_weight):
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    space = LabelSpace.union([t.class_names for t in teachers])
+    method = create_method("soka", space, teachers, {"collaboration_weight": collaboration_weight,
+                                                     "feature_weight": 0.0, "warmup_steps": 100})
+    torch.manual_seed(0)
+    student = Student("test_efficientnet", class_names=space.class_names, channels=1,
+                      heads=method.student_heads(), serve=method.student_serve())
+    images = torch.rand(4, 1, 8, 8)
+    shared = student.model(student.input_spec(images))
+    outputs = {name: head(shared) for name, head in student.heads.items()}
+    losses = method(StepInputs(outputs, [t(images) for t in teachers], torch.full((4,), -1), images,
+                               {"model": shared}))
+    sum(losses.values()).backward()
+    body = torch.cat([p.grad.flatten() for p in student.model.parameters() if p.grad is not None])
+    heads = torch.cat([p.grad.flatten() for p in student.heads.parameters()])
+    return body, heads, method
+
+
+def test_soka_heads_take_the_task_gradient_and_the_body_its_collaboration_share(demo_zoo):
+    body_free, heads_free, _ = _soka_backward(demo_zoo, 0.0)
+    assert body_free.abs().max().item() == 0.0 and heads_free.abs().max().item() > 0  # competition: heads only
+    body_full, heads_full, _ = _soka_backward(demo_zoo, 1.0)
+    body_share, heads_share, method = _soka_backward(demo_zoo, 0.05)
+    assert torch.allclose(heads_share, heads_full) and torch.allclose(body_share, 0.05 * body_full, rtol=1e-4, atol=1e-7)
+    assert method.student_serve() == "0-cnn-digits-0to4"
+
+
+def test_soka_task_weights_stay_non_negative_and_sum_to_one(demo_zoo):
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    space = LabelSpace.union([t.class_names for t in teachers])
+    method = create_method("soka", space, teachers)
+    with torch.no_grad():
+        method.task_weights.copy_(torch.tensor([-0.2, 0.6]))  # as an optimizer step may leave them
+    assert method.normalized_weights().tolist() == [0.0, 1.0]
+    with torch.no_grad():
+        method.task_weights.copy_(torch.tensor([0.3, 0.9]))
+    assert method.normalized_weights().tolist() == pytest.approx([0.25, 0.75])
+
+
+def test_soka_on_digits_teaches_each_head_its_teachers_task(demo_zoo):
+    result = amalgam.amalgamate(demo_zoo, data="digits", method="soka", epochs=4, progress=False,
+                                method_options={"warmup_steps": 10})
+    history = result.history
+    assert history[-1]["tasks"] < history[0]["tasks"] and "gradnorm" in history[-1]
+    weights = [history[-1][f"task_weight/{t.name}"] for t in result.teachers]
+    assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0)
+    student = result.student.eval()
+    digits = load_digits().test
+    images = torch.stack([digits[i][0] for i in range(len(digits))])
+    labels = torch.tensor([int(digits[i][1]) for i in range(len(digits))])
+    outputs = student(images)
+    for name, low in zip(student.member_names + [h.name for h in student.head_specs[1:]], (0, 5)):
+        own = (labels >= low) & (labels < low + 5)  # each teacher's (and head's) five digits
+        predicted = outputs[name][own].argmax(-1) + low
+        assert (predicted == labels[own]).float().mean().item() > 0.8

@@ -90,6 +90,10 @@ class Method(nn.Module):
         method ``{head name: output}`` as ``StepInputs.student_logits``."""
         return None
 
+    def student_serve(self) -> str | None:
+        """The head the student is scored and served by (``None``: the mean of its heads over the union)."""
+        return None
+
     def student_taps(self, student: nn.Module) -> list[str]:
         """Module paths of ``student`` whose outputs this method reads (none by default)."""
         return []

@@ -35,7 +35,8 @@ class Student(
     shared body (its pooled features) and each named head has its own task and outputs; ``forward`` then
     returns ``{head name: output}`` and :meth:`served` turns that into the logits over ``class_names`` that the
     student is scored and served by: the mean of the probabilities of its classification heads over
-    ``class_names`` (an ensemble of heads), or the head named by ``serve``.
+    ``class_names`` (an ensemble of heads), or the head named by ``serve`` (over some of ``class_names``: a
+    multi-task student serves its main task, the union's other classes get no probability).
 
     Saved with ``save_pretrained`` as ``config.json`` (the constructor arguments below) plus
     ``model.safetensors``; ``from_pretrained`` loads with strict key checking.
@@ -85,12 +86,15 @@ class Student(
     def _check_served(self) -> None:
         head = {h.name: h for h in self.head_specs}.get(self.serve) if self.serve is not None else None
         if self.serve is not None and (head is None or head.task != "classification"
-                                       or list(head.outputs) != self.class_names):
-            raise StudentError(f"serve={self.serve!r} must name a classification head over class_names "
+                                       or not set(head.outputs) <= set(self.class_names)):
+            raise StudentError(f"serve={self.serve!r} must name a classification head over (some of) class_names "
                                f"{self.class_names}; the heads are {[h.to_dict() for h in self.head_specs]}")
         if not self.member_names:
             raise StudentError(f"no classification head predicts class_names {self.class_names}: give one such "
                                "head, or serve=<name of the head to serve>")
+        if head is not None:  # where the served head's classes sit among class_names
+            self.register_buffer("served_positions", torch.tensor([self.class_names.index(c) for c in head.outputs]),
+                                 persistent=False)
 
     @property
     def member_names(self) -> list[str]:
@@ -113,6 +117,10 @@ class Student(
         or those of :attr:`member_names`."""
         if isinstance(outputs, torch.Tensor):
             return [outputs]
+        if self.serve is not None:  # its classes in their places, the others out of reach
+            served = outputs[self.serve]
+            placed = served.new_full((len(served), len(self.class_names)), torch.finfo(served.dtype).min / 2)
+            return [placed.index_copy(1, self.served_positions, served)]
         return [outputs[name] for name in self.member_names]
 
     def served(self, outputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
