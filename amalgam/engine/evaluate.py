@@ -22,28 +22,6 @@ def _batches(data: Dataset, device: torch.device):
         yield images.to(device), labels.to(device)
 
 
-def served_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The logits a model is scored by: its output, or for a student with heads its :meth:`Student.served`."""
-    outputs = model(images)
-    return model.served(outputs) if isinstance(outputs, dict) else outputs
-
-
-@torch.no_grad()
-def student_predictions(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted union indices and union labels for ``data`` (labels already mapped; -1 rows dropped)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    predictions, targets = [], []
-    for images, labels in _batches(data, device):
-        keep = labels >= 0
-        if keep.any():
-            predictions.append(served_logits(model, images[keep]).argmax(dim=-1).cpu())
-            targets.append(labels[keep].cpu())
-    model.train(was_training)
-    return torch.cat(predictions), torch.cat(targets)
-
-
 @torch.no_grad()
 def member_probabilities(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """``M x N x C`` probabilities of the model's voting members on ``data`` (a student's heads over its
@@ -59,6 +37,13 @@ def member_probabilities(model: nn.Module, data: Dataset) -> tuple[torch.Tensor,
             targets.append(labels[keep].cpu())
     model.train(was_training)
     return torch.cat(probabilities, dim=1), torch.cat(targets)
+
+
+def student_predictions(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted union indices (the argmax of the members' mean probability; a plain model's own argmax) and
+    union labels for ``data`` (labels already mapped; -1 rows dropped)."""
+    members, targets = member_probabilities(model, data)
+    return members.mean(dim=0).argmax(dim=-1), targets
 
 
 def accuracy(model: nn.Module, data: Dataset) -> float:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from amalgam.errors import MethodError
 from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
@@ -89,6 +90,14 @@ class Method(nn.Module):
         over the union classes). ``amalgamate`` builds the student with them; its ``forward`` then gives the
         method ``{head name: output}`` as ``StepInputs.student_logits``."""
         return None
+
+    def head_outputs(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        """The student's outputs by head name, for methods with :meth:`student_heads`; a plain student is an
+        error that says how to get the right one."""
+        if not isinstance(step.student_logits, dict):
+            raise MethodError(f"{self.name} trains a student with the heads of its student_heads(); a plain "
+                              "student has none. Pass the student as an architecture name and amalgamate builds it.")
+        return step.student_logits
 
     def student_serve(self) -> str | None:
         """The head the student is scored and served by (``None``: the mean of its heads over the union)."""

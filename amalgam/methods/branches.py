@@ -95,10 +95,8 @@ class MultiBranch(Method):
         return torch.stack(placed_targets(teacher_logits, self.indices(), 1.0, self.label_space.num_classes)).mean(0)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        if not isinstance(step.student_logits, dict):
-            raise MethodError("multi-branch trains a student with one branch per teacher; build it with the "
-                              "method's student_heads() (amalgamate does)")
-        branches = [step.student_logits[name] for name in self.head_names]
+        heads = self.head_outputs(step)
+        branches = [heads[name] for name in self.head_names]
         targets = placed_targets([out.logits for out in step.teacher_outputs], self.indices(), self.temperature,
                                  self.label_space.num_classes)
         losses = {"soft": self.kd_weight * sum(kd_loss(z, p, self.temperature) for z, p in zip(branches, targets))}

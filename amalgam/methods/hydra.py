@@ -110,14 +110,12 @@ class Hydra(Method):
         return torch.stack(self.member_targets(teacher_logits)).mean(dim=0)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        if not isinstance(step.student_logits, dict):
-            raise MethodError("hydra trains a student with one head per teacher; build it with the method's "
-                              "student_heads() (amalgamate does)")
+        heads = self.head_outputs(step)
         targets = self.member_targets([out.logits for out in step.teacher_outputs])
         if self.phase == 1:
-            pairs = [(step.student_logits[self.head_names[0]], torch.stack(targets).mean(dim=0))]
+            pairs = [(heads[self.head_names[0]], torch.stack(targets).mean(dim=0))]
         else:
-            pairs = [(step.student_logits[name], target) for name, target in zip(self.head_names, targets)]
+            pairs = [(heads[name], target) for name, target in zip(self.head_names, targets)]
         losses = {"soft": sum(kd_loss(z, p, self.temperature) for z, p in pairs) / len(pairs)}
         if self.label_weight > 0:
             losses["labels"] = self.label_weight * sum(

@@ -108,12 +108,10 @@ class OutputDiversifiedSampling(Method):
         return torch.stack(placed_targets(teacher_logits, self.indices(), 1.0, self.label_space.num_classes)).mean(0)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        if not isinstance(step.student_logits, dict):
-            raise MethodError("ods trains a student with one head per teacher; build it with the method's "
-                              "student_heads() (amalgamate does)")
+        heads = self.head_outputs(step)
         teacher_logits = [teacher(step.images).logits for teacher in self.teachers]  # on the perturbed batch
         targets = placed_targets(teacher_logits, self.indices(), self.temperature, self.label_space.num_classes)
-        members = [step.student_logits[name] for name in self.head_names]
+        members = [heads[name] for name in self.head_names]
         losses = {"soft": self.alpha * sum(kd_loss(z, p, self.temperature) for z, p in zip(members, targets))}
         if self.alpha < 1:
             losses["labels"] = (1 - self.alpha) * sum(masked_cross_entropy(z, step.labels) for z in members)

@@ -136,13 +136,11 @@ class SelfCoordinatedAmalgamation(Method):
         return self.task_weights.detach().clone()
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        if not isinstance(step.student_logits, dict):
-            raise MethodError("soka trains a student with one head per task; build it with the method's "
-                              "student_heads() (amalgamate does)")
+        heads = self.head_outputs(step)
         weights = self.normalized_weights()
         shared = step.student_features[SHARED]
         task_losses = torch.stack([
-            kd_loss(step.student_logits[name], (out.logits.float() / self.temperature).softmax(dim=-1),
+            kd_loss(heads[name], (out.logits.float() / self.temperature).softmax(dim=-1),
                     self.temperature)
             for name, out in zip(self.head_names, step.teacher_outputs)])
         losses = {}
