@@ -75,6 +75,18 @@ def test_a_head_computes_its_own_tasks_loss():
     assert Head("r", ["cm"], task="regression").loss(torch.tensor([[1.0]]), torch.tensor([[3.0]])).item() == 4.0
 
 
+def test_a_head_measures_its_own_task():
+    assert Head("c", ["a", "b"]).metrics(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1])) == \
+        {"accuracy": 0.5}
+    tags = Head("m", ["x", "y", "z"], task="multilabel")
+    # predicted {x}, {x, y}; true {x, z}, {x, y}: 3 true positives of 3 predicted + 4 true -> F1 = 6 / 7
+    measured = tags.metrics(torch.tensor([[1.0, -1.0, -1.0], [1.0, 1.0, -1.0]]), torch.tensor([[1, 0, 1], [1, 1, 0]]))
+    assert measured == {"exact_match": 0.5, "f1": pytest.approx(6 / 7)}
+    size = Head("r", ["cm", "kg"], task="regression")
+    assert size.metrics(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 4.0]])) == {"rmse": pytest.approx(math.sqrt(2)),
+                                                                                   "mae": 1.0}
+
+
 # --- uncertainty and calibration ------------------------------------------------------------------------------------
 
 
@@ -366,7 +378,8 @@ def test_soka_heads_take_the_task_gradient_and_the_body_its_collaboration_share(
     assert body_free.abs().max().item() == 0.0 and heads_free.abs().max().item() > 0  # competition: heads only
     body_full, heads_full, _ = _soka_backward(demo_zoo, 1.0)
     body_share, heads_share, method = _soka_backward(demo_zoo, 0.05)
-    assert torch.allclose(heads_share, heads_full) and torch.allclose(body_share, 0.05 * body_full, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(heads_share, heads_full)
+    assert torch.allclose(body_share, 0.05 * body_full, rtol=1e-4, atol=1e-7)
     assert method.student_serve() == "0-cnn-digits-0to4"
 
 

@@ -72,6 +72,25 @@ class Head:
             return F.binary_cross_entropy_with_logits(output, target.float())
         return F.mse_loss(output, target.float())
 
+    @torch.no_grad()
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """This task's measures: accuracy (classification); exact match and micro-F1 of the outputs above
+        probability 1/2 (multi-label); RMSE and MAE (regression).
+
+        >>> Head("tags", ["red", "round"], task="multilabel").metrics(torch.tensor([[2.0, -1.0], [1.0, 1.0]]),
+        ...                                                           torch.tensor([[1, 0], [1, 0]]))
+        {'exact_match': 0.5, 'f1': 0.8}
+        """
+        if self.task == "classification":
+            return {"accuracy": float((output.argmax(dim=-1) == target).float().mean())}
+        if self.task == "multilabel":
+            predicted, truth = output > 0, target.bool()
+            true_positives = float((predicted & truth).sum())
+            f1 = 2 * true_positives / max(1.0, float(predicted.sum() + truth.sum()))
+            return {"exact_match": float((predicted == truth).all(dim=-1).float().mean()), "f1": f1}
+        error = output.float() - target.float()
+        return {"rmse": float(error.pow(2).mean().sqrt()), "mae": float(error.abs().mean())}
+
 
 def check_heads(heads: Sequence[Head]) -> list[Head]:
     names = [h.name for h in heads]
