@@ -16,8 +16,8 @@ from torch import nn
 
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
 from amalgam.engine import (
-    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, member_probabilities, per_class_accuracy,
-    target_accuracy, train,
+    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, head_accuracies, member_probabilities,
+    per_class_accuracy, target_accuracy, train,
 )
 from amalgam.engine.uncertainty import ensemble_report
 from amalgam.engine.checkpoint import CheckpointError, check_checkpoint_dir
@@ -214,6 +214,7 @@ def amalgamate(
             "parameters": student.num_parameters,
             "accuracy": calibration.pop("accuracy"),
             "calibration": calibration,  # NLL, ECE, Brier; with several heads, their uncertainty decomposition
+            "heads": head_accuracies(student, test),  # each classification head on the classes it knows
             "per_class": per_class_accuracy(predictions, targets, label_space.class_names),
             "confusion": confusion_matrix(predictions, targets, label_space.num_classes),
         },
@@ -274,6 +275,9 @@ def format_results(metrics: Mapping[str, Any]) -> str:
     rows.append(("teacher oracle (reference)", union, f"{metrics['oracle']['accuracy']:.4f}"))
     student = metrics["student"]
     rows.append((f"student {student['architecture']}", union, f"{student['accuracy']:.4f}"))
+    for name, head in student.get("heads", {}).items():
+        rows.append((f"  its head {name}", f"its own classes ({head['test_samples']} images)",
+                     f"{head['accuracy_on_own_classes']:.4f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -39,6 +39,34 @@ def member_probabilities(model: nn.Module, data: Dataset) -> tuple[torch.Tensor,
     return torch.cat(probabilities, dim=1), torch.cat(targets)
 
 
+@torch.no_grad()
+def head_accuracies(student: nn.Module, data: Dataset) -> dict[str, dict[str, float | int]]:
+    """Each classification head of a student with heads, on the test samples whose class it knows: the same
+    measure as a teacher's ``accuracy_on_own_classes``, so a head can be set beside the teacher it learned.
+    Empty for a plain student."""
+    heads = [h for h in getattr(student, "head_specs", []) if h.task == "classification"
+             and set(h.outputs) <= set(student.class_names)]
+    if not heads:
+        return {}
+    device = next(student.parameters()).device
+    positions = {h.name: torch.tensor([student.class_names.index(c) for c in h.outputs], device=device)
+                 for h in heads}
+    correct = dict.fromkeys(positions, 0)
+    total = dict.fromkeys(positions, 0)
+    was_training = student.training
+    student.eval()
+    for images, labels in _batches(data, device):
+        outputs = student(images)
+        for name, index in positions.items():
+            known = torch.isin(labels, index)
+            predicted = index[outputs[name].argmax(dim=-1)]
+            correct[name] += int((predicted == labels)[known].sum())
+            total[name] += int(known.sum())
+    student.train(was_training)
+    return {name: {"accuracy_on_own_classes": correct[name] / max(1, total[name]), "test_samples": total[name]}
+            for name in positions}
+
+
 def student_predictions(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted union indices (the argmax of the members' mean probability; a plain model's own argmax) and
     union labels for ``data`` (labels already mapped; -1 rows dropped)."""
