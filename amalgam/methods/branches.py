@@ -8,18 +8,17 @@ import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import feature_reconstruction, kd_loss, masked_cross_entropy, placed_targets
+from amalgam.methods.base import StepInputs
+from amalgam.methods.blocks import feature_reconstruction, kd_loss, masked_cross_entropy
 from amalgam.methods.features import LayerPairs, feature_vector
-from amalgam.methods.hydra import member_head_names
+from amalgam.methods.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
-from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
 
 @register_method
-class MultiBranch(Method):
+class MultiBranch(PerTeacherHeads):
     """Ensemble knowledge distillation into parallel branches (Asif, Tang, Harrer, ECAI 2020; shared/METHODS.md
     §10b, loss inferred).
 
@@ -61,21 +60,15 @@ class MultiBranch(Method):
         branch_width: int = 128,
         teacher_layers: Sequence[Sequence[str]] | None = None,
     ) -> None:
-        super().__init__(label_space, teachers)
+        super().__init__(label_space, teachers, head_hidden=branch_width)
         if temperature <= 0 or branch_width < 1 or min(kd_weight, feature_weight, label_weight) < 0:
             raise MethodError(f"multi-branch: temperature and branch_width must be positive and the weights >= 0, "
                               f"got {temperature}, {branch_width}, {kd_weight}, {feature_weight}, {label_weight}")
         self.temperature = float(temperature)
         self.kd_weight, self.feature_weight, self.label_weight = float(kd_weight), float(feature_weight), \
             float(label_weight)
-        self.branch_width = int(branch_width)
-        self.head_names = member_head_names(self.teacher_names)
         self.layers = LayerPairs(self.name, teachers, 1, None, teacher_layers)  # the teachers' last stage
         self.adapters = nn.ModuleList()  # a_b, built by attach()
-
-    def student_heads(self) -> list[Head]:
-        classes = tuple(self.label_space.class_names)
-        return [Head(name, classes, hidden=self.branch_width) for name in self.head_names]
 
     def teacher_taps(self) -> list[list[str]]:
         return self.layers.teacher if self.feature_weight > 0 else [[] for _ in range(self.num_teachers)]
@@ -88,17 +81,13 @@ class MultiBranch(Method):
         """``a_b``: from the branch width to teacher ``b``'s feature width, as seen on the probe batch."""
         if self.feature_weight > 0:
             self.adapters = nn.ModuleList(
-                nn.Linear(self.branch_width, feature_vector(out.features[taps[0]], "mean").shape[1])
+                nn.Linear(self.head_hidden, feature_vector(out.features[taps[0]], "mean").shape[1])
                 for out, taps in zip(teacher_outputs, self.layers.teacher))
-
-    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        return torch.stack(placed_targets(teacher_logits, self.indices(), 1.0, self.label_space.num_classes)).mean(0)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
         branches = [heads[name] for name in self.head_names]
-        targets = placed_targets([out.logits for out in step.teacher_outputs], self.indices(), self.temperature,
-                                 self.label_space.num_classes)
+        targets = self.member_targets([out.logits for out in step.teacher_outputs], self.temperature)
         losses = {"soft": self.kd_weight * sum(kd_loss(z, p, self.temperature) for z, p in zip(branches, targets))}
         if self.feature_weight > 0:
             losses["features"] = self.feature_weight * sum(

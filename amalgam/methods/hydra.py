@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, placed_targets
+from amalgam.methods.base import StepInputs
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy
+from amalgam.methods.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
-from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
 
-def member_head_names(teacher_names: Sequence[str]) -> list[str]:
-    """One head name per teacher: its position and its name, reduced to the characters a head name allows.
-
-    >>> member_head_names(["cnn 0-4", "vit/all"])
-    ['0-cnn-0-4', '1-vit-all']
-    """
-    return [f"{k}-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}"[:64] for k, name in enumerate(teacher_names)]
-
-
 @register_method
-class Hydra(Method):
+class Hydra(PerTeacherHeads):
     """Hydra (Tran et al., 2020; shared/METHODS.md §7): a shared body with one head per teacher.
 
     Phase 1 (the first ``phase_one_share`` of the epochs) trains the first head as in Hinton KD on the teachers'
@@ -67,30 +57,27 @@ class Hydra(Method):
         head_hidden: int = 0,
         label_weight: float = 1.0,
     ) -> None:
-        super().__init__(label_space, teachers)
-        if temperature <= 0 or not 0.0 <= phase_one_share <= 1.0 or init_noise_std < 0 or head_hidden < 0:
+        super().__init__(label_space, teachers, head_hidden)
+        if temperature <= 0 or not 0.0 <= phase_one_share <= 1.0 or init_noise_std < 0:
             raise MethodError(
-                "hydra: temperature must be positive, phase_one_share in [0, 1], init_noise_std and head_hidden "
-                f">= 0; got {temperature}, {phase_one_share}, {init_noise_std}, {head_hidden}"
+                "hydra: temperature must be positive, phase_one_share in [0, 1] and init_noise_std >= 0; got "
+                f"{temperature}, {phase_one_share}, {init_noise_std}"
             )
         self.temperature = float(temperature)
         self.phase_one_share = float(phase_one_share)
         self.init_noise_std = float(init_noise_std)
-        self.head_hidden = int(head_hidden)
         self.label_weight = float(label_weight)
-        self.head_names = member_head_names(self.teacher_names)
-        self.phase = 2
+        self.epoch = 0  # the epoch in progress (start_epoch), 0 before training
         self.phase_one_epochs = 0
-        self.epoch = 0
 
-    def student_heads(self) -> list[Head]:
-        classes = tuple(self.label_space.class_names)
-        return [Head(name, classes, hidden=self.head_hidden) for name in self.head_names]
+    @property
+    def phase(self) -> int:
+        """1 while the first head alone learns the teachers' mean, then 2."""
+        return 1 if 0 < self.epoch <= self.phase_one_epochs else 2
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.epoch = epoch
         self.phase_one_epochs = int(self.phase_one_share * epochs)
-        self.phase = 1 if epoch <= self.phase_one_epochs else 2
 
     @torch.no_grad()
     def end_epoch(self, student: nn.Module) -> dict[str, float]:
@@ -102,16 +89,9 @@ class Hydra(Method):
                     target.copy_(source + self.init_noise_std * torch.randn_like(source))
         return {"phase": float(self.phase)}
 
-    def member_targets(self, teacher_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each teacher's softened probabilities in the union label space."""
-        return placed_targets(teacher_logits, self.indices(), self.temperature, self.label_space.num_classes)
-
-    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self.member_targets(teacher_logits)).mean(dim=0)
-
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
-        targets = self.member_targets([out.logits for out in step.teacher_outputs])
+        targets = self.member_targets([out.logits for out in step.teacher_outputs], self.temperature)
         if self.phase == 1:
             pairs = [(heads[self.head_names[0]], torch.stack(targets).mean(dim=0))]
         else:

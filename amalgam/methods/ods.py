@@ -8,11 +8,10 @@ from typing import Callable, Sequence
 import torch
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, placed_targets
-from amalgam.methods.hydra import member_head_names
+from amalgam.methods.base import StepInputs
+from amalgam.methods.blocks import kd_loss, masked_cross_entropy
+from amalgam.methods.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
-from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
@@ -38,7 +37,7 @@ def ods_perturbation(images: torch.Tensor, logits_of: Callable[[torch.Tensor], t
 
 
 @register_method
-class OutputDiversifiedSampling(Method):
+class OutputDiversifiedSampling(PerTeacherHeads):
     """KD from an ensemble on ODS-perturbed inputs, one student member per teacher (Nam, Yoon, Lee, Lee, NeurIPS
     2021; shared/METHODS.md §8).
 
@@ -79,20 +78,15 @@ class OutputDiversifiedSampling(Method):
         perturbation: str = "ods",
         head_hidden: int = 0,
     ) -> None:
-        super().__init__(label_space, teachers)
+        super().__init__(label_space, teachers, head_hidden)
         if perturbation not in PERTURBATIONS:
             raise MethodError(f"ods: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
-        if temperature <= 0 or not 0.0 <= alpha <= 1.0 or step_size < 0 or head_hidden < 0:
-            raise MethodError(f"ods: need temperature > 0, alpha in [0, 1], step_size >= 0, head_hidden >= 0; got "
-                              f"{temperature}, {alpha}, {step_size}, {head_hidden}")
+        if temperature <= 0 or not 0.0 <= alpha <= 1.0 or step_size < 0:
+            raise MethodError(f"ods: need temperature > 0, alpha in [0, 1] and step_size >= 0; got {temperature}, "
+                              f"{alpha}, {step_size}")
         self.temperature, self.alpha, self.step_size = float(temperature), float(alpha), float(step_size)
-        self.perturbation, self.head_hidden = perturbation, int(head_hidden)
-        self.head_names = member_head_names(self.teacher_names)
+        self.perturbation = perturbation
         self.teachers = tuple(teachers)  # a tuple: used live, never saved or optimised with the method
-
-    def student_heads(self) -> list[Head]:
-        classes = tuple(self.label_space.class_names)
-        return [Head(name, classes, hidden=self.head_hidden) for name in self.head_names]
 
     def training_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """The batch moved where a randomly drawn teacher's output changes (or by noise, or not at all)."""
@@ -104,13 +98,10 @@ class OutputDiversifiedSampling(Method):
         return ods_perturbation(images, teacher.differentiable_logits, self.temperature, self.step_size,
                                 confidence=self.perturbation == "conf-ods")
 
-    def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        return torch.stack(placed_targets(teacher_logits, self.indices(), 1.0, self.label_space.num_classes)).mean(0)
-
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
         teacher_logits = [teacher(step.images).logits for teacher in self.teachers]  # on the perturbed batch
-        targets = placed_targets(teacher_logits, self.indices(), self.temperature, self.label_space.num_classes)
+        targets = self.member_targets(teacher_logits, self.temperature)
         members = [heads[name] for name in self.head_names]
         losses = {"soft": self.alpha * sum(kd_loss(z, p, self.temperature) for z, p in zip(members, targets))}
         if self.alpha < 1:

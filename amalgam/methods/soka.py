@@ -12,7 +12,7 @@ from amalgam.errors import MethodError
 from amalgam.methods.base import Method, StepInputs
 from amalgam.methods.blocks import kd_loss
 from amalgam.methods.features import LayerPairs, adapter, common_map
-from amalgam.methods.hydra import member_head_names
+from amalgam.methods.members import member_head_names
 from amalgam.methods.registry import register_method
 from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
