@@ -297,6 +297,33 @@ def test_bad_repo_id_missing_token_or_run_fail_before_any_request(hub, run_dir, 
     assert len(hub.requests) == requests  # not one request reached the Hub
 
 
+def test_a_student_with_heads_gets_no_demo_space_and_nothing_is_sent(hub, run_dir, tmp_path):
+    """The demo Space serves one classifier: a run whose student has named heads is refused before any request."""
+    import shutil
+
+    heads_run = tmp_path / "heads-run"
+    shutil.copytree(run_dir, heads_run)
+    shutil.rmtree(heads_run / "student")
+    plain = Student.from_pretrained(run_dir / "student")
+    Student(plain.architecture, plain.class_names, channels=plain.input_spec.channels,
+            input_size=plain.input_spec.size, heads=[{"name": "m0", "outputs": plain.class_names},
+                                                     {"name": "m1", "outputs": plain.class_names}]
+            ).save_pretrained(heads_run / "student")
+    requests = len(hub.requests)
+    out, _ = client(f"""
+        import json
+        from amalgam.errors import PublishError
+        from amalgam.publish import push_run
+        try:
+            push_run({str(heads_run)!r}, "org/heads", demo=True)
+            print(json.dumps({{"error": None}}))
+        except PublishError as err:
+            print(json.dumps({{"error": str(err)}}))
+    """, hub, tmp_path / "hf")
+    assert "named heads (['m0', 'm1']): publish it without demo" in out["error"]
+    assert len(hub.requests) == requests
+
+
 def test_token_is_in_no_file(pushed, hub, run_dir):
     assert "amalgam.publish.push:pushed" in pushed["log"]  # the logs were captured, and hold no token
     for root in (run_dir, hub.root):
