@@ -244,6 +244,8 @@ def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: Rela
     state = PartialState()
     for teacher in teachers:
         teacher.to(state.device)
+    if method.runs_teachers:  # it runs them itself, on inputs or sub-networks of its own: nothing to precompute
+        return None
     taps = method.teacher_taps()
     if cache and knowledge_cache is not False:
         root = None if knowledge_cache is True else Path(knowledge_cache)

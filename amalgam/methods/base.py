@@ -68,6 +68,9 @@ class Method(nn.Module):
     uses_teachers: ClassVar[bool] = True  # False for references trained on labels alone
     requires_labels: ClassVar[bool] = False  # True when prepare() needs a labeled fraction
     label_free: ClassVar[bool] = False  # True when made for runs with no labels at all (benchmarks give it none)
+    # True when the method runs the teachers itself on every batch (ODS on perturbed inputs, sub-networks of them):
+    # the engine then computes no teacher outputs for it, and StepInputs.teacher_outputs is empty
+    runs_teachers: ClassVar[bool] = False
 
     def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
         super().__init__()

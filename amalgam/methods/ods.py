@@ -64,6 +64,7 @@ class OutputDiversifiedSampling(PerTeacherHeads):
         head_hidden: width of a hidden layer in each member head (0: linear heads).
     """
 
+    runs_teachers = True
     name = "ods"
     paper = "Nam, Yoon, Lee, Lee. Diversity Matters When Learning From Ensembles. NeurIPS 2021"
     summary = "Per-teacher student heads distilled on inputs perturbed where the teachers disagree (ODS)."

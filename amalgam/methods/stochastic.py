@@ -95,6 +95,7 @@ class StochasticTeachers(SoftTargets):
         temperature, weights: as for ``soft-targets``.
     """
 
+    runs_teachers = True
     name = "stochastic-teachers"
     paper = ("Nguyen, Lee, Shim. Stochasticity and Skip Connections Improve Knowledge Transfer. ICLR 2020 "
              "submission")
