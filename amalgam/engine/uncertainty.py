@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from amalgam.methods.blocks import entropy, place_probabilities
+from amalgam.methods.blocks import entropy, placed_targets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
@@ -101,13 +101,11 @@ def teacher_member_probabilities(teachers: Sequence[Teacher], label_space: Label
     """``K x N x C``: each teacher's probabilities on raw ``images``, placed in the union label space (zero on
     the classes it does not know), to compare a student's heads with the teachers they learned."""
     device = teachers[0].device
-    one = torch.ones(1, device=device)
     members = []
     for k, teacher in enumerate(teachers):
         index = label_space.index_tensor(k, device)
         members.append(torch.cat([
-            place_probabilities([teacher(chunk.to(device)).logits.float().softmax(dim=-1)], [index], one,
-                                label_space.num_classes).cpu()
+            placed_targets([teacher(chunk.to(device)).logits.float()], [index], 1.0, label_space.num_classes)[0].cpu()
             for chunk in images.split(batch_size)
         ]))
     return torch.stack(members)
