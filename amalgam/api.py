@@ -1,35 +1,26 @@
-"""``amalgamate``: teachers + data + method -> a trained, evaluated, saved student."""
+"""``amalgamate``: teachers + data + method -> a trained, evaluated, saved student (a :class:`Pipeline` run)."""
 
 from __future__ import annotations
 
-import json
-import logging
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
 from torch import nn
 
-from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
-from amalgam.engine import (
-    TrainConfig, accuracy, confusion_matrix, evaluate_teachers, head_accuracies, member_probabilities,
-    per_class_accuracy, target_accuracy, train,
-)
-from amalgam.engine.uncertainty import ensemble_report
+from amalgam.config import TrainConfig
+from amalgam.data import ImageData
 from amalgam.engine.checkpoint import CheckpointError, check_checkpoint_dir
 from amalgam.engine.trainer import EpochCallback
-from amalgam.errors import DataError, MethodError, StudentError, TeacherError
-from amalgam.knowledge import DEFAULT_MAX_CACHE_GB, CachedSignals, KnowledgeCache, LiveSignals, TeacherSignals
-from amalgam.methods import LabeledSet, Method, create_method
-from amalgam.students import Head, Student, default_input_size
-from amalgam.teachers import LabelSpace, Teacher, load_teacher
+from amalgam.knowledge import DEFAULT_MAX_CACHE_GB
+from amalgam.pipeline import Knowledge, Pipeline
+from amalgam.students import Student
+from amalgam.teachers import LabelSpace, Teacher
 
 DEFAULT_STUDENT = "test_efficientnet"
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,32 +39,6 @@ class AmalgamationResult:
         return format_results(self.metrics)
 
 
-def data_label_map(data: ImageData, label_space: LabelSpace) -> list[int]:
-    """Union index of each of the data set's classes, -1 for classes no teacher knows."""
-    mapping = [label_space.index_of(name) for name in data.class_names]
-    if all(j is None for j in mapping):
-        raise DataError(
-            f"the data set {data.name!r} shares no class with the teachers: its classes are {data.class_names}, "
-            f"the teachers' are {list(label_space.class_names)}. Pass label_mapping to align the names."
-        )
-    return [-1 if j is None else j for j in mapping]
-
-
-def check_student(student: Student, label_space: LabelSpace, heads: Sequence[Head] | None, serve: str | None,
-                  method: str) -> None:
-    """A given student must predict the union classes and have the heads the method trains (or none), served
-    as the method serves them."""
-    if list(student.class_names) != list(label_space.class_names):
-        raise StudentError(f"the student's classes {student.class_names} differ from the teachers' union "
-                           f"{list(label_space.class_names)}")
-    if list(student.head_specs) != list(heads or []) or student.serve != serve:
-        wanted = [h.to_dict() for h in heads] if heads else "none (one classifier)"
-        raise StudentError(f"method {method!r} trains a student with heads {wanted} (served by {serve!r}); the "
-                           f"student given has {[h.to_dict() for h in student.head_specs] or 'none'} (served by "
-                           f"{student.serve!r}). Pass the architecture name "
-                           "instead, and amalgamate builds the student the method needs.")
-
-
 def amalgamate(
     teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
     student: str | Student = DEFAULT_STUDENT,
@@ -84,14 +49,7 @@ def amalgamate(
     label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
     labeled_fraction: float = 0.0,
     student_input_size: int | None = None,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    parts_lr: float | None = None,
-    seed: int = 0,
-    mixed_precision: str = "no",
-    grad_accumulation: int = 1,
-    checkpoint_every: int = 0,
+    train: TrainConfig | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     cache_teachers: bool = True,
@@ -100,6 +58,7 @@ def amalgamate(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    **train_options: Any,
 ) -> AmalgamationResult:
     """Train one student that covers the union of the teachers' classes.
 
@@ -112,13 +71,14 @@ def amalgamate(
         method_options: the method's keyword options (checked before training starts).
         label_mapping: renames/merges teacher classes, see :meth:`LabelSpace.union`.
         labeled_fraction: stratified fraction of the transfer set whose labels the method may use.
-        parts_lr: learning rate of the method's own trainable parts (adapters, common-feature blocks, trust or
-            fusion weights), which train in a parameter group of their own; ``None``: the student's ``lr``.
-        mixed_precision: ``"no"``, ``"bf16"`` (GPUs and CPUs) or ``"fp16"`` (GPUs), passed to accelerate.
-        grad_accumulation: batches whose gradients are averaged into one optimizer step (an effective batch of
-            ``batch_size * grad_accumulation`` in the memory of ``batch_size``).
-        checkpoint_every: optimizer steps between checkpoints in ``run_dir/checkpoints`` (0: only at the end of
-            each epoch; without ``run_dir`` there are none).
+        train: the training budget as a :class:`~amalgam.config.TrainConfig`; or give its fields as keywords
+            (``epochs=10, batch_size=64, lr=3e-3, parts_lr=None, seed=0, mixed_precision="no",
+            grad_accumulation=1, checkpoint_every=0, weight_decay=1e-4, cpu=False``), which also override
+            ``train``'s. ``parts_lr`` is the learning rate of the method's own parts (adapters, common-feature
+            blocks, trust or fusion weights), in a parameter group of their own (``None``: ``lr``);
+            ``mixed_precision`` is ``"no"``, ``"bf16"`` (GPUs and CPUs) or ``"fp16"`` (GPUs);
+            ``grad_accumulation`` batches make one optimizer step; ``checkpoint_every`` optimizer steps between
+            checkpoints in ``run_dir/checkpoints`` (0: only at the end of each epoch).
         run_dir: where to save ``student/``, ``metrics.json``, ``run.json`` and the training checkpoints
             (``checkpoints/``, the newest only); nothing saved if ``None``. A new run needs a folder without
             checkpoints.
@@ -142,124 +102,35 @@ def amalgamate(
         True
     """
     started = time.perf_counter()
-    if not teachers:
-        raise TeacherError("amalgamate needs at least one teacher")
-    teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, parts_lr=parts_lr, seed=seed,
-                         mixed_precision=mixed_precision,
-                         grad_accumulation=grad_accumulation, checkpoint_every=checkpoint_every)
+    config = train_config(train, train_options)
     checkpoints = Path(run_dir) / "checkpoints" if run_dir is not None else None
     if resume and checkpoints is None:
         raise CheckpointError("amalgamate(resume=True) needs run_dir: the folder of the run to continue")
     if checkpoints is not None:  # before any work: a resumed run needs a checkpoint there, a new one none
         check_checkpoint_dir(checkpoints, resume, argument="run_dir's checkpoint folder")
-    data = load_data(data)
-    label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
-    label_map = data_label_map(data, label_space)
-    torch.manual_seed(seed)  # the initial weights of the method's parts and the student are part of ``seed``
-    method_module = create_method(method, label_space, teachers, dict(method_options or {}))
-    heads = method_module.student_heads()
-    if isinstance(student, str):
-        student = Student(
-            student,
-            class_names=label_space.class_names,
-            input_size=student_input_size or default_input_size(data.size),
-            channels=data.channels,
-            heads=heads,
-            serve=method_module.student_serve(),
-        )
-    else:
-        check_student(student, label_space, heads, method_module.student_serve(), method)
-
-    visible = stratified_indices(data.train_labels, labeled_fraction, seed)
-    if method_module.requires_labels and not visible.size:
-        raise MethodError(f"method {method!r} fits part of itself on labels: give it a labeled_fraction > 0 "
-                          "(for example 0.02)")
-    transfer = RelabeledImages(data.train, label_map, visible=visible)
-    test = RelabeledImages(data.test, label_map)
-    run_path = Path(run_dir) if run_dir is not None else None
-    description = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "teachers": [t.describe() for t in teachers],
-        "label_space": {"classes": list(label_space.class_names), "overlaps": label_space.overlaps(),
-                        "mapping": label_mapping},
-        "data": {"name": data.name, "transfer_samples": len(transfer), "labeled_samples": int(visible.size),
-                 "labeled_fraction": labeled_fraction, "test_samples": len(test)},
-        "method": {"name": method, "options": dict(method_options or {}), "paper": method_module.paper,
-                   "summary": method_module.summary},
-        "student": {"architecture": student.architecture, "parameters": student.num_parameters,
-                    "input": student.input_spec.to_dict(), "heads": [h.to_dict() for h in student.head_specs]},
-        "train": config.to_dict(),
-    }
-    if run_path is not None and not resume:  # written first, so a crashed run still says what it was
-        run_path.mkdir(parents=True, exist_ok=True)
-        (run_path / "run.json").write_text(json.dumps(description, indent=2))
-
-    signals = _teacher_signals(teachers, method_module, transfer, data.name, cache_teachers, knowledge_cache,
-                               max_cache_gb, progress)
-    if signals is not None:
-        labeled = LabeledSet.gather(transfer, visible, signals) if visible.size else None
-        method_module.prepare(labeled, getattr(signals, "logits", None))  # whole-set logits when computed once
-    history = train(
-        student, method_module, signals, transfer, config,
-        evaluate=lambda model: accuracy(model, test), progress=progress, on_epoch=on_epoch,
-        should_stop=should_stop, checkpoint_dir=checkpoints, resume=resume,
-    )
-    members, targets = member_probabilities(student, test)  # heads x samples x classes
-    predictions = members.mean(dim=0).argmax(dim=-1)
-    calibration = ensemble_report(members, targets)
-    metrics = {
-        "student": {
-            "architecture": student.architecture,
-            "parameters": student.num_parameters,
-            "accuracy": calibration.pop("accuracy"),
-            "calibration": calibration,  # NLL, ECE, Brier; with several heads, their uncertainty decomposition
-            "heads": head_accuracies(student, test),  # each classification head on the classes it knows
-            "per_class": per_class_accuracy(predictions, targets, label_space.class_names),
-            "confusion": confusion_matrix(predictions, targets, label_space.num_classes),
-        },
-        **evaluate_teachers(teachers, label_space, test),
-        "method_target": {"accuracy": target_accuracy(method_module.to(teachers[0].device).eval(), teachers, test)},
-        "test_samples": int(targets.numel()),
-        "excluded_test_samples": int(sum(1 for y in data.test_labels if label_map[int(y)] < 0)),
-        "method": method,
-        "data": data.name,
-        "labeled_samples": int(visible.size),
-        "history": history,
-        "seconds": time.perf_counter() - started,
-    }
-    if run_path is not None:
-        student.save_pretrained(run_path / "student")
-        (run_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return AmalgamationResult(student, metrics, label_space, teachers, run_path, history)
+    run = Pipeline.plan(teachers, student, data, method, method_options=method_options, label_mapping=label_mapping,
+                        labeled_fraction=labeled_fraction, student_input_size=student_input_size, config=config,
+                        knowledge=Knowledge(cache_teachers, knowledge_cache, max_cache_gb))
+    if run_dir is not None and not resume:  # written first, so a crashed run still says what it was
+        run.record(run_dir)
+    history = run.fit(progress=progress, on_epoch=on_epoch, should_stop=should_stop, checkpoint_dir=checkpoints,
+                      resume=resume)
+    metrics = run.evaluate(history) | {"seconds": time.perf_counter() - started}
+    if run_dir is not None:
+        run.save(run_dir, metrics)
+    return AmalgamationResult(run.student, metrics, run.label_space, run.teachers,
+                              Path(run_dir) if run_dir is not None else None, history)
 
 
-def _teacher_signals(teachers: Sequence[Teacher], method: Method, transfer: RelabeledImages, data_name: str,
-                     cache: bool, knowledge_cache: bool | str | os.PathLike, max_cache_gb: float,
-                     progress: bool) -> TeacherSignals | None:
-    from accelerate import PartialState
-
-    if not method.uses_teachers:
-        return None
-    state = PartialState()
-    for teacher in teachers:
-        teacher.to(state.device)
-    if method.runs_teachers:  # it runs them itself, on inputs or sub-networks of its own: nothing to precompute
-        return None
-    taps = method.teacher_taps()
-    if cache and knowledge_cache is not False:
-        root = None if knowledge_cache is True else Path(knowledge_cache)
-        with state.local_main_process_first():  # one process writes a missing cache, the others then read it
-            return KnowledgeCache.build(teachers, transfer, data_name=data_name, taps=taps, root=root,
-                                        max_cache_gb=max_cache_gb, progress=progress and state.is_local_main_process)
-    if cache and not any(taps):
-        return CachedSignals.compute(teachers, transfer, progress=progress)
-    # Live teachers see exactly the batch the student sees: the path for random augmentation, should it be added.
-    logger.info("teacher signals: live teachers on every batch (%s); cached signals would hold only for "
-                "un-augmented images, and amalgam applies no random augmentation",
-                "cache_teachers=False" if not cache else "knowledge_cache=False keeps only logits in memory and the "
-                "method taps features")
-    return LiveSignals(teachers, taps)
+def train_config(train: TrainConfig | None, options: Mapping[str, Any]) -> TrainConfig:
+    """``train`` (default: :class:`TrainConfig`'s defaults) with ``options`` (its fields by name) overriding it;
+    an unknown name is an error that lists the fields."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"amalgamate() got unexpected keyword argument(s) {unknown}; the training budget's are "
+                        f"{sorted(known)}")
+    return dataclasses.replace(train or TrainConfig(), **options)
 
 
 def format_results(metrics: Mapping[str, Any]) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -56,14 +57,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
         label_mapping=recipe.label_mapping or None,
         labeled_fraction=recipe.data.labeled_fraction,
         student_input_size=recipe.student.input_size,
-        epochs=recipe.train.epochs,
-        batch_size=recipe.train.batch_size,
-        lr=recipe.train.lr,
-        parts_lr=recipe.train.parts_lr,
-        seed=recipe.train.seed,
-        mixed_precision=recipe.train.mixed_precision,
-        grad_accumulation=recipe.train.grad_accumulation,
-        checkpoint_every=recipe.train.checkpoint_every,
+        train=recipe.train,
         run_dir=run_dir,
         resume=resume is not None,
         progress=progress,
@@ -83,10 +77,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recipe = parse_recipe(json.loads(saved.read_text()))
     else:
         recipe = Recipe()
-    if args.epochs is not None:
-        recipe.train.epochs = args.epochs
-    if args.mixed_precision is not None:
-        recipe.train.mixed_precision = args.mixed_precision
+    overrides = {"epochs": args.epochs, "mixed_precision": args.mixed_precision}
+    try:  # replace() checks the values again
+        recipe.train = dataclasses.replace(recipe.train, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as err:
+        raise RecipeError(f"[train] {err}") from None
     if args.out is not None:
         recipe.output.dir = args.out
     result = run_recipe(recipe, progress=not args.quiet, resume=resume)
@@ -99,10 +94,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_methods(_args: argparse.Namespace) -> int:
     from amalgam.methods import available_methods, method_options
+    from amalgam.methods.registry import method_choices
 
-    for name, cls in available_methods().items():
-        options = ", ".join(f"{k}={v!r}" for k, v in method_options(name).items()) or "no options"
-        print(f"{name}\n    {cls.summary}\n    paper: {cls.paper}\n    options: {options}")
+    for family in ("targets", "features", "heads", "custom"):
+        methods = available_methods(family)
+        if methods:
+            print(f"[{family}]")
+        for name, cls in methods.items():
+            choices = method_choices(name)
+            options = ", ".join(f"{k}={v!r}" + (f" (one of {', '.join(map(repr, choices[k]))})" if k in choices else "")
+                                for k, v in method_options(name).items()) or "no options"
+            print(f"{name}\n    {cls.summary}\n    paper: {cls.paper}\n    options: {options}")
     return 0
 
 

@@ -20,6 +20,7 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     mixed_precision = "no"          # no | bf16 | fp16 (fp16 on GPUs only)
     grad_accumulation = 1           # batches per optimizer step
     checkpoint_every = 0            # optimizer steps between checkpoints (0: at the end of each epoch only)
+    # also: batch_size, lr, seed, weight_decay, cpu (the fields of amalgam.config.TrainConfig)
     [output]
     dir = "runs"
 """
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from amalgam.config import TrainConfig
 from amalgam.errors import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -69,18 +71,6 @@ class MethodSection:
 
 
 @dataclass
-class TrainSection:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 3e-3
-    parts_lr: float | None = None
-    seed: int = 0
-    mixed_precision: str = "no"
-    grad_accumulation: int = 1
-    checkpoint_every: int = 0
-
-
-@dataclass
 class OutputSection:
     dir: str = "runs"
 
@@ -93,7 +83,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     student: StudentSection = field(default_factory=StudentSection)
     method: MethodSection = field(default_factory=MethodSection)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainConfig = field(default_factory=TrainConfig)  # [train] is the training budget itself
     output: OutputSection = field(default_factory=OutputSection)
     label_mapping: dict[str, str] = field(default_factory=dict)
 
@@ -116,11 +106,14 @@ def _build(cls: type, values: Any, where: str) -> Any:
     ]
     if missing:
         raise RecipeError(f"recipe: {where} needs the key {missing[0]!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a value out of range (TrainConfig checks its own)
+        raise RecipeError(f"recipe: {where} {err}") from None
 
 
 _SECTIONS = {
-    "data": DataSection, "student": StudentSection, "method": MethodSection, "train": TrainSection,
+    "data": DataSection, "student": StudentSection, "method": MethodSection, "train": TrainConfig,
     "output": OutputSection,
 }
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from amalgam.zoo import amalgam_home
+from amalgam.paths import amalgam_home
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHITECTURES = ["convnext_tiny", "resnet50", "seresnext50_32x4d", "resnet50d"]  # the largest comes first

@@ -25,7 +25,9 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from amalgam import amalgamate, load_teacher
-from amalgam.methods import available_methods
+from amalgam.methods import available_methods, create_method
+from amalgam.teachers import LabelSpace
+from amalgam.zoo import build_demo_zoo
 from bench.settings import LABELED_FRACTION, SETTINGS, STUDENT, Setting
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,9 +43,11 @@ class Row:
 
 
 def rows_for(methods: Sequence[str] | None = None, references: bool = True,
-             options: dict[str, Any] | None = None) -> list[Row]:
+             options: dict[str, Any] | None = None, teachers: Sequence | None = None) -> list[Row]:
     """The references, then every registered amalgamation method (or those named), at the 2% labeled fraction;
-    with ``options``, the named methods with those options, labelled ``method (key=value, ...)``."""
+    with ``options``, the named methods with those options, labelled ``method (key=value, ...)``. A method made
+    for runs without labels (``needs().label_free``, asked of it built on ``teachers``, default the digits demo
+    zoo) gets none."""
     pct = f"{LABELED_FRACTION:.0%}"
     rows = [
         Row("supervised, all labels", "supervised", 1.0, True),
@@ -53,7 +57,13 @@ def rows_for(methods: Sequence[str] | None = None, references: bool = True,
     names = [n for n in registry if n != "supervised"] if methods is None else list(methods)
     # a method made for runs without labels gets none, so its row shows what a user with no labels gets
     suffix = " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else ""
-    return rows + [Row(name + suffix, name, 0.0 if registry[name].label_free else LABELED_FRACTION,
+    teachers = list(teachers) if teachers is not None else [load_teacher(f) for f in build_demo_zoo(progress=False)]
+    space = LabelSpace.union([t.class_names for t in teachers])
+
+    def label_free(name: str) -> bool:
+        return create_method(name, space, teachers, dict(options or {})).needs().label_free
+
+    return rows + [Row(name + suffix, name, 0.0 if label_free(name) else LABELED_FRACTION,
                        name == "concat-logits", tuple((options or {}).items())) for name in names]
 
 
@@ -65,7 +75,7 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
     data = setting.data()
     budget = setting.budget
     epochs = epochs or budget.epochs
-    rows = rows_for(methods, references, options)
+    rows = rows_for(methods, references, options, teachers)
     runs: dict[str, list[dict]] = {row.label: [] for row in rows}
     teacher_metrics = None
     jobs = [(row, seed) for row in rows for seed in seeds]

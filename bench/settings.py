@@ -19,7 +19,8 @@ from typing import Callable
 
 from amalgam.data import ImageData, load_digits, load_fashion_mnist
 from amalgam.engine import TrainConfig
-from amalgam.zoo import TeacherSpec, amalgam_home, build_teachers
+from amalgam.paths import amalgam_home
+from amalgam.zoo import TeacherSpec, build_teachers
 
 STUDENT = "test_efficientnet"
 LABELED_FRACTION = 0.02

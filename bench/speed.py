@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from amalgam import load_teacher
-from amalgam.api import data_label_map
+from amalgam.pipeline import data_label_map
 from amalgam.data import RelabeledImages, stratified_indices
 from amalgam.engine import TrainConfig, train
 from amalgam.knowledge import KnowledgeCache, LiveSignals
 from amalgam.methods import LabeledSet, StepInputs, create_method
+from amalgam.methods.base import Setup
 from amalgam.students import Student, default_input_size
 from amalgam.teachers import LabelSpace
 from bench.quality import RESULTS
@@ -90,7 +91,7 @@ def step_ratios(setting_name: str, rounds: int, batch_size: int) -> list[dict]:
     for name in STEP_METHODS:
         method = create_method(name, space, teachers, {})
         visible = stratified_indices(data.train_labels, LABELED_FRACTION, 0)
-        method.prepare(LabeledSet.gather(transfer, visible, cache), cache.logits)
+        method.setup(Setup(LabeledSet.gather(transfer, visible, cache), cache.logits))
         method.train()
         student, optimizer = student_and_optimizer()
 

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from amalgam import amalgamate, load_teacher
 from amalgam.data import ImageData, load_fashion_mnist
 from amalgam.data.images import TensorImages
-from amalgam.zoo import TeacherSpec, amalgam_home, build_teachers
+from amalgam.paths import amalgam_home
+from amalgam.zoo import TeacherSpec, build_teachers
 from bench.settings import FASHION, FASHION_BUDGET, STUDENT
 
 RESULTS = Path(__file__).resolve().parent / "results"

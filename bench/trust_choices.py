@@ -24,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from amalgam import load_teacher
-from amalgam.api import data_label_map
+from amalgam.pipeline import data_label_map
 from amalgam.data import RelabeledImages, stratified_indices
 from amalgam.knowledge import CachedSignals
 from amalgam.methods import LabeledSet, create_method
+from amalgam.methods.base import Setup
 from amalgam.teachers import LabelSpace
 from bench.quality import RESULTS
 from bench.settings import LABELED_FRACTION, SETTINGS
@@ -78,7 +79,7 @@ def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
             method = create_method(method_name, space, teachers, options)
             visible = stratified_indices(data.train_labels, LABELED_FRACTION, seed)
             labeled = LabeledSet.gather(transfer, visible, train_signals) if uses_labels else None
-            method.prepare(labeled, train_signals.logits)
+            method.setup(Setup(labeled, train_signals.logits))
             method.eval()
             runs.append({"seed": seed, "accuracy": combined_accuracy(method, test_logits, test),
                          "seconds": time.perf_counter() - started})

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from amalgam.data import RelabeledImages, load_digits
-from amalgam.engine import TrainConfig, train
-from amalgam.knowledge import LiveSignals
+from amalgam.config import TrainConfig
 from amalgam.methods import Method, create_method
+from amalgam.pipeline import Knowledge, Pipeline
 from amalgam.students import Student
 from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
@@ -33,20 +34,23 @@ def demo_setup(zoo: Sequence[Path], samples: int = 96) -> DemoSetup:
     return DemoSetup(teachers, space, transfer, RelabeledImages(digits.test, label_map))
 
 
-def demo_student(space: LabelSpace) -> Student:
-    return Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1)
+def demo_student(space: LabelSpace, method: Method | None = None) -> Student:
+    """The tests' student over ``space`` (with the heads ``method`` needs, when given)."""
+    needs = method.needs() if method is not None else None
+    return Student("test_efficientnet", class_names=space.class_names, input_size=32, channels=1,
+                   heads=needs.heads if needs else None, serve=needs.serve if needs else None)
 
 
 def train_briefly(name: str, options: dict[str, Any], setup: Sequence, epochs: int = 4,
                   samples: int | None = None, **config: Any) -> tuple[Method, Student, list[dict]]:
-    """Method ``name`` and a fresh student (both seeded) trained on live teachers for a few epochs (``config``:
-    more :class:`TrainConfig` fields)."""
+    """Method ``name`` and a fresh student (both seeded) trained through the pipeline on live teachers for a few
+    epochs; every transfer label is visible (``config``: more :class:`TrainConfig` fields)."""
     teachers, space, transfer = setup[:3]
     if samples is not None:
         transfer = torch.utils.data.Subset(transfer, range(samples))
     torch.manual_seed(0)
     method = create_method(name, space, teachers, options)
-    student = demo_student(space)
-    history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
-                    TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, **config), progress=False)
-    return method, student, history
+    student = demo_student(space, method)
+    run = Pipeline(teachers, space, method, student, transfer, transfer, np.arange(len(transfer)),
+                   TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, **config), Knowledge(cache_teachers=False))
+    return method, student, run.fit(progress=False, test_each_epoch=False)

@@ -16,6 +16,7 @@ read by a global optimizer step hook.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from pathlib import Path
 
@@ -31,7 +32,7 @@ SCENARIOS = {"selective-learning": "live", "trust-learner": "cached"}
 
 
 def recording(base: type) -> type:
-    """``base`` (a method class) that also keeps what its ``teacher_weights`` and ``forward`` returned."""
+    """``base`` (a method class) that also keeps what its ``teacher_weights`` and ``loss`` returned."""
 
     class Recording(base):
         def __init__(self, *args, **kwargs) -> None:
@@ -46,8 +47,8 @@ def recording(base: type) -> type:
                 self.weights_log.append(weights.detach().cpu().clone())
             return weights
 
-        def forward(self, step):
-            losses = super().forward(step)
+        def loss(self, step):
+            losses = super().loss(step)
             if self.recording:
                 self.losses_log.append({k: float(v.detach()) for k, v in losses.items()})
             return losses
@@ -94,6 +95,7 @@ def run_scenario(method_name: str, signal_kind: str, batch_size: int, out: Path)
     from amalgam.engine import TrainConfig, train
     from amalgam.knowledge import CachedSignals, LiveSignals
     from amalgam.methods import LabeledSet
+    from amalgam.methods.base import Setup
     from amalgam.methods.registry import get_method
     from amalgam.students import Student
     from amalgam.teachers import LabelSpace
@@ -112,19 +114,22 @@ def run_scenario(method_name: str, signal_kind: str, batch_size: int, out: Path)
 
     inner = LiveSignals(teachers) if signal_kind == "live" else CachedSignals.compute(teachers, transfer,
                                                                                        progress=False)
-    if method.requires_labels:
+    labeled = None
+    if method.needs().labels:
         rows = list(LABELED_ROWS)
         images = torch.stack([base[i][0] for i in rows])
         labels = torch.tensor([base[i][1] for i in rows])  # digit d is union class d
-        method.prepare(LabeledSet(images, labels, [t(images) for t in teachers]))
+        labeled = LabeledSet(images, labels, [t(images) for t in teachers])
 
     record: dict = {"world_size": state.num_processes, "rank": state.process_index, "batch_size": batch_size}
     if state.num_processes == 1:  # the reference: every transfer sample's weights, computed in one call
+        reference = copy.deepcopy(method)  # set up as train() sets up the method (a trust model is fitted there)
+        reference.setup(Setup(labeled=labeled))
         all_images = torch.stack([transfer[i][0] for i in range(len(transfer))])
         all_indices = torch.arange(len(transfer))
         with torch.no_grad():
             logits = [out.logits for out in inner(all_images, all_indices)]
-            record["reference_weights"] = method.teacher_weights(logits, all_images).detach().cpu().clone()
+            record["reference_weights"] = reference.teacher_weights(logits, all_images).detach().cpu().clone()
     record["method_parameters"] = torch.cat([p.detach().flatten() for p in method.parameters()] or [torch.zeros(0)])
 
     signals = RecordingSignals(inner)
@@ -137,7 +142,7 @@ def run_scenario(method_name: str, signal_kind: str, batch_size: int, out: Path)
     method.recording = True
     handle = register_optimizer_step_pre_hook(step_hook)
     try:
-        history = train(student, method, signals, transfer, config, progress=False)
+        history = train(student, method, signals, transfer, config, labeled=labeled, progress=False)
     finally:
         handle.remove()
         method.recording = False

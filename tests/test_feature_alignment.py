@@ -9,7 +9,7 @@ from amalgam.engine import TrainConfig, train
 from amalgam.errors import MethodError
 from amalgam.knowledge import LiveSignals
 from amalgam.methods import create_method
-from amalgam.methods.features import as_map, spread_taps, unit_norm_penalty
+from amalgam.methods.features.layers import as_map, spread_taps, unit_norm_penalty
 
 
 def test_unit_norm_penalty_by_hand():
@@ -35,11 +35,13 @@ def test_fams_are_sized_from_the_models_and_the_alignment_loss_falls(setup):
     torch.manual_seed(0)
     method = create_method("selective-learning", space, teachers, {"feature_weight": 1.0, "feature_layers": 2})
     student = demo_student(space)
-    assert method.teacher_taps() == [spread_taps(t.tap_names(), 2) for t in teachers]
-    history = train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
+    taps = method.needs().taps_per_teacher(len(teachers))
+    assert taps == [spread_taps(t.tap_names(), 2) for t in teachers]
+    assert method.needs().student_stages == 2
+    history = train(student, method, LiveSignals(teachers, taps), transfer,
                     TrainConfig(epochs=4, batch_size=32, lr=3e-3), progress=False)
     # student stages 3 and 5 of test_efficientnet (32 and 64 channels) -> common widths 16 and 32
-    assert method.layers.student == ["model.blocks.2", "model.blocks.4"]
+    assert method.layers.student == [2, 4]
     assert [(f.in_channels, f.out_channels) for f in method.student_fams] == [(32, 16), (64, 32)]
     cnn_widths = [teachers[0](torch.zeros(1, 1, 8, 8), taps=[t]).features[t].shape[1] for t in method.layers.teacher[0]]
     assert [f.in_channels for f in method.teacher_fams[0]] == cnn_widths
@@ -60,11 +62,11 @@ def test_the_fams_are_trained_with_the_student(setup):
         torch.manual_seed(0)
         method = create_method("selective-learning", space, teachers, {"feature_weight": 1.0})
         student = demo_student(space)
-        train(student, method, LiveSignals(teachers, method.teacher_taps()), transfer,
+        train(student, method, LiveSignals(teachers, method.needs().taps_per_teacher(len(teachers))), transfer,
               TrainConfig(epochs=1, batch_size=32, lr=lr), progress=False)
         return [p.detach().clone() for p in method.parameters()]
 
-    initial, trained = fams_after(1e-12), fams_after(3e-3)  # attach() runs after the run's seed: same start
+    initial, trained = fams_after(1e-12), fams_after(3e-3)  # setup() runs after the run's seed: same start
     assert len(initial) == len(trained) > 0
     assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(initial, fams_after(1e-12)))
     assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(initial, trained))

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from demo_methods import demo_setup, demo_student, train_briefly
-from amalgam.errors import MethodError
+from amalgam.errors import MethodError, StudentError
 from amalgam.methods import StepInputs, create_method
-from amalgam.methods.blocks import MMD_SIGMAS, multi_kernel_mmd, relative_dissimilarity_loss, triplet_votes
-from amalgam.methods.features import feature_vector
+from amalgam.methods.base import Setup
+from amalgam.methods.features.cfl import MMD_SIGMAS, multi_kernel_mmd
+from amalgam.methods.features.dissimilarity import relative_dissimilarity_loss, triplet_votes
+from amalgam.methods.features.layers import feature_vector
+from amalgam.students.stages import resolve_stages
 from amalgam.teachers import LabelSpace
 
 # --- multi-kernel MMD (§0.1) -------------------------------------------------------------------------------------
@@ -98,8 +101,8 @@ def test_cfl_blocks_are_sized_for_a_cnn_and_a_vit_and_its_loss_falls(setup):
     teachers, _, _ = setup
     method, _, history = train_briefly("cfl", {}, setup)
     # the deepest stage of each: student blocks.4 (64 ch, 1x1), CNN layer4 (96 ch, 1x1), ViT tokens (64 wide, 4x4)
-    assert method.layers.student == ["model.blocks.4"]
-    assert method.teacher_taps() == [["layer4"], ["hidden_states.3"]]
+    assert method.layers.student == [4]
+    assert method.needs().taps_per_teacher(2) == [["layer4"], ["hidden_states.3"]]
     block = method.blocks[0]
     assert (block.align_student[0].in_channels, block.align_student[0].out_channels) == (64, 256)  # 2h, h = 128
     assert [a[0].in_channels for a in block.align_teachers] == [96, teachers[1].model.config.hidden_size]
@@ -129,14 +132,14 @@ def test_the_methods_parts_train_in_their_own_group_at_parts_lr(setup):
     student = demo_student(space)
     handle = register_optimizer_step_pre_hook(record)
     try:  # 32 samples in one batch: one optimizer step
-        train(student, method, LiveSignals(teachers, method.teacher_taps()),
+        train(student, method, LiveSignals(teachers, method.needs().taps_per_teacher(len(teachers))),
               torch.utils.data.Subset(transfer, range(32)),
               TrainConfig(epochs=1, batch_size=32, lr=1e-4, parts_lr=1e-2, weight_decay=0.0), progress=False)
     finally:
         handle.remove()
     assert groups == [[("student", 1e-4), ("method", 1e-2)]]
     parts = [p for p in method.parameters() if p.requires_grad]
-    assert len(before[1]) == len(parts) > 0  # the group holds exactly the method's parts (built by attach())
+    assert len(before[1]) == len(parts) > 0  # the group holds exactly the method's parts (built by setup())
     # Adam's first step moves a weight with a gradient by lr * g / (|g| + eps), about lr: each group its own
     for model_parts, initial, lr in ((student.parameters(), before[0], 1e-4), (parts, before[1], 1e-2)):
         steps = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(model_parts, initial)])
@@ -146,26 +149,26 @@ def test_the_methods_parts_train_in_their_own_group_at_parts_lr(setup):
 def test_cfl_mmd_is_zero_when_the_student_has_the_teachers_features(setup):
     teachers, space, transfer = setup
     method = create_method("cfl", space, [teachers[0], teachers[0]], {"hidden": 8, "teacher_layers": [["layer3"]] * 2,
-                                                                       "student_layers": ["model.blocks.3"]})
+                                                                       "student_layers": [3]})
     images = torch.stack([transfer[i][0] for i in range(6)])
     out = teachers[0](images, taps=["layer3"])
     feature = out.features["layer3"]
-    method.attach({"model.blocks.3": feature}, [out, out])
+    method.setup(Setup(student_stages=[3], student_features={3: feature}, teacher_outputs=[out, out]))
     block = method.blocks[0]
     assert multi_kernel_mmd(block.student_code(feature), block.teacher_code(0, feature)).item() > 0
     for align in block.align_teachers:  # the student's and both teachers' align layers made one and the same
         align.load_state_dict(block.align_student.state_dict())
     step = StepInputs(torch.zeros(6, space.num_classes), [out, out], torch.full((6,), -1), images,
-                      {"model.blocks.3": feature})
+                      {3: feature})
     mmd, reconstruction = method.common_feature_terms(step)
     assert mmd.item() == pytest.approx(0.0, abs=1e-5) and reconstruction.item() > 0
 
 
 def test_autoencoders_are_sized_for_a_cnn_and_a_vit_and_the_loss_falls(setup):
     method, _, history = train_briefly("autoencoder-amalgamation", {}, setup)
-    assert method.layers.student == ["model.blocks.1", "model.blocks.3", "model.blocks.4"]
-    assert method.teacher_taps() == [["layer1", "layer3", "layer4"], ["hidden_states.1", "hidden_states.2",
-                                                                       "hidden_states.3"]]
+    assert method.layers.student == [1, 3, 4]
+    assert method.needs().taps_per_teacher(2) == [["layer1", "layer3", "layer4"],
+                                                  ["hidden_states.1", "hidden_states.2", "hidden_states.3"]]
     # concatenated teachers (CNN width + ViT width 64) -> the student's width at that depth
     shapes = [(ae.encoder.in_channels, ae.encoder.out_channels, ae.decoder.out_channels) for ae in method.autoencoders]
     assert shapes == [(32 + 64, 24, 96), (192 + 64, 48, 256), (96 + 64, 64, 160)]
@@ -180,14 +183,14 @@ def _identical_teacher_step(setup, width_of_code=None):
     twins = [teachers[0], teachers[0]]
     space = LabelSpace.union([t.class_names for t in twins])
     method = create_method("autoencoder-amalgamation", space, twins,
-                           {"teacher_layers": [["layer2"], ["layer2"]], "student_layers": ["model.blocks.2"]})
+                           {"teacher_layers": [["layer2"], ["layer2"]], "student_layers": [2]})
     images = torch.stack([transfer[i][0] for i in range(32)])
     out = teachers[0](images, taps=["layer2"])
     width = out.features["layer2"].shape[1]
     student = torch.randn(32, width_of_code or width, 4, 4)
-    method.attach({"model.blocks.2": student}, [out, out])
+    method.setup(Setup(student_stages=[2], student_features={2: student}, teacher_outputs=[out, out]))
     step = StepInputs(torch.zeros(32, space.num_classes), [out, out], torch.full((32,), -1), images,
-                      {"model.blocks.2": student})
+                      {2: student})
     return method, step, out.features["layer2"]
 
 
@@ -236,10 +239,10 @@ def test_relative_dissimilarity_pairs_widths_without_adapters_and_its_loss_falls
     teachers, _, transfer = setup
     method, _, history = train_briefly("relative-dissimilarity", {}, setup)
     assert not list(method.parameters())  # distances only: no regressor between 64, 96 and 64 x 16 features
-    assert method.layers.student == ["model.blocks.4"]
+    assert method.layers.student == [4]
     images = torch.stack([transfer[i][0] for i in range(4)])
     widths = [feature_vector(t(images, taps=taps).features[taps[0]]).shape[1]
-              for t, taps in zip(teachers, method.teacher_taps())]
+              for t, taps in zip(teachers, method.needs().taps_per_teacher(len(teachers)))]
     assert widths == [96, 64 * 16]  # CNN 96 x 1 x 1; ViT tokens as a 4 x 4 grid, class token left out
     assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
     assert history[-1]["dissimilarity"] < history[0]["dissimilarity"], history
@@ -259,17 +262,17 @@ def test_wrong_layer_names_list_the_available_taps(setup, name):
         create_method(name, space, teachers, {"teacher_layers": [["layer9"], ["hidden_states.3"]]})
     with pytest.raises(MethodError, match="teacher_layers needs 2 lists"):
         create_method(name, space, teachers, {"teacher_layers": [["layer4"]]})
-    method = create_method(name, space, teachers, {"student_layers": ["model.blocks.9"],
+    method = create_method(name, space, teachers, {"student_layers": [9],
                                                    "teacher_layers": [["layer4"], ["hidden_states.3"]]})
-    with pytest.raises(MethodError, match=r"no module\(s\) \['model.blocks.9'\]; its stages are \[.*'model.blocks.4'\]"):
-        method.student_taps(demo_student(space))
+    with pytest.raises(StudentError, match=r"the student has 5 stages .*; stage\(s\) \[9\] do not exist"):
+        resolve_stages(demo_student(space), method.needs().student_stages)
 
 
 def test_explicit_layers_override_the_pairing(setup):
-    method, _, history = train_briefly("cfl", {"hidden": 16, "student_layers": ["model.blocks.2", "model.blocks.3"],
+    method, _, history = train_briefly("cfl", {"hidden": 16, "student_layers": [2, 3],
                                      "teacher_layers": [["layer2", "layer3"], ["hidden_states.1", "hidden_states.2"]]},
                              setup, epochs=1)
-    assert method.layers.student == ["model.blocks.2", "model.blocks.3"]
+    assert method.layers.student == [2, 3]
     assert [b.align_student[0].in_channels for b in method.blocks] == [32, 48]
     assert [[a[0].in_channels for a in b.align_teachers] for b in method.blocks] == [[48, 64], [192, 64]]
     assert math.isfinite(history[0]["loss"])

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from demo_methods import demo_setup, demo_student, train_briefly
 from amalgam.errors import MethodError
 from amalgam.methods import StepInputs, create_method
-from amalgam.methods.blocks import normalized_distance
-from amalgam.methods.features import attention_map
+from amalgam.methods.base import Setup
+from amalgam.methods.losses import normalized_distance
+from amalgam.methods.features.layers import attention_map
 from amalgam.students import Student
 from amalgam.teachers.teacher import TeacherOutput
 
@@ -55,8 +56,9 @@ def test_feed_translators_are_sized_for_a_cnn_and_a_vit_its_loss_falls_and_they_
         setup, tmp_path):
     _, space, transfer = setup
     method, student, history = train_briefly("feed", {}, setup)
-    assert method.layers.student == ["model.blocks.4"]  # the student's last block, 64 x 1 x 1
-    assert method.teacher_taps() == [["layer4"], ["hidden_states.3"]]  # CNN 96 x 1 x 1, ViT 17 tokens 64 wide
+    assert method.layers.student == [4]  # the student's last block, 64 x 1 x 1
+    # CNN 96 x 1 x 1, ViT 17 tokens 64 wide
+    assert method.needs().taps_per_teacher(2) == [["layer4"], ["hidden_states.3"]]
     translators = method.translators[0]
     assert [t[0].in_channels for t in translators] == [64, 64]
     assert [[t[i].out_channels for i in (0, 3, 6)] for t in translators] == [[96] * 3, [64] * 3]
@@ -75,9 +77,9 @@ def test_feed_translators_are_sized_for_a_cnn_and_a_vit_its_loss_falls_and_they_
 
 def test_attention_transfer_pairs_three_depths_and_its_loss_falls(setup):
     method, _, history = train_briefly("attention-transfer", {}, setup)
-    assert method.layers.student == ["model.blocks.1", "model.blocks.3", "model.blocks.4"]
-    assert method.teacher_taps() == [["layer1", "layer3", "layer4"],
-                                     ["hidden_states.1", "hidden_states.2", "hidden_states.3"]]
+    assert method.layers.student == [1, 3, 4]
+    assert method.needs().taps_per_teacher(2) == [["layer1", "layer3", "layer4"],
+                                                  ["hidden_states.1", "hidden_states.2", "hidden_states.3"]]
     assert not list(method.parameters())  # attention maps need no adapters, whatever the widths
     assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
     assert history[-1]["attention"] < 0.8 * history[0]["attention"], history
@@ -87,21 +89,22 @@ def _attention_step(setup, expert):
     """Two teachers whose maps differ; the student has teacher 1's maps, and teacher 1 is the confident one."""
     teachers, space, _ = setup
     method = create_method("attention-transfer", space, teachers,
-                           {"expert": expert, "beta": 1.0, "student_layers": ["model.blocks.2"],
+                           {"expert": expert, "beta": 1.0, "student_layers": [2],
                             "teacher_layers": [["layer2"], ["hidden_states.2"]]})
+    method.setup(Setup(student_stages=[2]))
     torch.manual_seed(0)
     maps = [torch.rand(4, 3, 4, 4), torch.rand(4, 5, 4, 4)]
     outputs = [TeacherOutput(torch.zeros(4, 5), {"layer2": maps[0]}),  # uniform: the most entropy
                TeacherOutput(torch.eye(5)[:4] * 10, {"hidden_states.2": maps[1]})]
     return method, StepInputs(torch.zeros(4, space.num_classes), outputs, torch.full((4,), -1), None,
-                              {"model.blocks.2": maps[1] * 3})
+                              {2: maps[1] * 3})
 
 
 def test_the_least_entropy_expert_is_followed_and_the_mean_averages_the_teachers(setup):
     method, step = _attention_step(setup, "least-entropy")
     assert method.attention_term(step).item() == pytest.approx(0.0, abs=1e-6)
     method, step = _attention_step(setup, "mean")
-    to_other = normalized_distance(attention_map(step.student_features["model.blocks.2"]),
+    to_other = normalized_distance(attention_map(step.student_features[2]),
                                    attention_map(step.teacher_outputs[0].features["layer2"])).mean()
     assert to_other > 0
     assert method.attention_term(step).item() == pytest.approx(to_other.item() / 2, rel=1e-5)
@@ -109,8 +112,11 @@ def test_the_least_entropy_expert_is_followed_and_the_mean_averages_the_teachers
 
 def test_scratch_teacher_learns_from_labels_only_and_is_distilled_without_gradient(setup):
     teachers, space, _ = setup
+    assert not create_method("attention-transfer", space, teachers, {}).needs().labels
+    scratch = create_method("attention-transfer", space, teachers, {"scratch_teacher": True})
+    assert scratch.needs().labels
     with pytest.raises(MethodError, match="labels only"):
-        create_method("attention-transfer", space, teachers, {"scratch_teacher": True}).prepare(None)
+        scratch.setup(Setup())
     with pytest.raises(MethodError, match="expert must be one of"):
         create_method("attention-transfer", space, teachers, {"expert": "best"})
     method, student, history = train_briefly("attention-transfer", {"scratch_teacher": True}, setup)

@@ -16,6 +16,7 @@ import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -23,12 +24,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import amalgam
-from amalgam.api import _teacher_signals
+from amalgam.config import TrainConfig
 from amalgam.data import TensorImages, load_digits
 from amalgam.knowledge import KnowledgeCache, KnowledgeCacheError
 from amalgam.knowledge.cache import ARROW_FILE, KEY_FILE, PARTIAL_PREFIX
 from amalgam.knowledge.signals import CACHE_BATCH
 from amalgam.methods import Method
+from amalgam.methods.base import Needs
+from amalgam.pipeline import Knowledge, Pipeline
 from amalgam.teachers import ImageSpec, LabelSpace, Teacher, load_teacher
 
 SAMPLES = 300  # two cache batches: the second is partial, so batching is exercised
@@ -217,20 +220,25 @@ class TapsEverything(Method):
         super().__init__(label_space, teachers)
         self.taps = [t.tap_names()[:1] for t in teachers]
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.taps
+    def needs(self) -> Needs:
+        return Needs(teacher_taps=tuple(tuple(t) for t in self.taps))
 
 
 def test_amalgamate_reads_teacher_signals_from_the_disk_cache(demo_zoo, digits, tmp_path, caplog):
     teachers = [load_teacher(folder) for folder in demo_zoo]
     method = TapsEverything(LabelSpace.union([t.class_names for t in teachers]), teachers)
-    signals = _teacher_signals(teachers, method, digits, "digits", True, tmp_path, 1.0, False)
+    def signals_of(cache_teachers: bool):
+        run = Pipeline(teachers, method.label_space, method, None, digits, digits, np.array([]), TrainConfig(),
+                       Knowledge(cache_teachers, tmp_path, 1.0), "digits")
+        return run.teacher_signals(progress=False)
+
+    signals = signals_of(True)
     assert isinstance(signals, KnowledgeCache) and len(entries(tmp_path)) == 2
     out = signals(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))
     assert [list(o.features) for o in out] == method.taps
 
     with caplog.at_level(logging.INFO):
-        _teacher_signals(teachers, method, digits, "digits", False, tmp_path, 1.0, False)
+        signals_of(False)
     assert "live teachers on every batch (cache_teachers=False)" in caplog.text
 
     data = load_digits()

@@ -13,9 +13,11 @@ from amalgam.data import load_digits
 from amalgam.engine.uncertainty import auroc, brier_score, decompose, ensemble_report, expected_calibration_error
 from amalgam.errors import StudentError
 from amalgam.methods import StepInputs, create_method
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, placed_targets
-from amalgam.methods.ods import ods_perturbation
-from amalgam.methods.stochastic import residual_blocks, skipped, survival_probabilities
+from amalgam.methods.base import Setup
+from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.teachers.placement import placed_targets
+from amalgam.methods.heads.ods import ods_perturbation
+from amalgam.methods.targets.stochastic import residual_blocks, skipped, survival_probabilities
 from amalgam.students import Head, Student
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
 
@@ -166,7 +168,7 @@ def test_hydra_phase_one_learns_the_mean_and_phase_two_each_head_its_teacher():
 def test_hydra_copies_the_first_head_into_every_head_when_phase_one_ends():
     space = LabelSpace.union([CLASSES] * 3)
     hydra = create_method("hydra", space, _teachers(3), {"phase_one_share": 0.5})
-    student = Student("test_efficientnet", class_names=CLASSES, channels=1, heads=hydra.student_heads())
+    student = Student("test_efficientnet", class_names=CLASSES, channels=1, heads=hydra.needs().heads)
     first, others = hydra.head_names[0], hydra.head_names[1:]
     hydra.start_epoch(1, 4)
     hydra.end_epoch(student)  # epoch 1 of phase 1 (2 epochs): nothing yet
@@ -210,13 +212,13 @@ def test_multi_branch_loss_by_hand():
     teachers = [load_teacher(timm.create_model("test_resnet", num_classes=2), class_names=c, name=n)
                 for c, n in ((["a", "b"], "t0"), (["b", "c"], "t1"))]
     method = create_method("multi-branch", space, teachers, {"temperature": 1.0, "branch_width": 2})
-    [tap0], [tap1] = method.teacher_taps()
+    [tap0], [tap1] = method.needs().teacher_taps
     features = [torch.tensor([[[[1.0]], [[3.0]]]]), torch.tensor([[[[2.0]]]])]  # B=1: widths 2 and 1, 1x1 maps
     outputs = [TeacherOutput(torch.zeros(1, 2), {tap0: features[0]}),
                TeacherOutput(torch.zeros(1, 2), {tap1: features[1]})]
     b0, b1 = method.head_names
     branch_features = {f"heads.{b0}.1": torch.ones(1, 2), f"heads.{b1}.1": torch.ones(1, 2)}
-    method.attach(branch_features, outputs)
+    method.setup(Setup(teacher_outputs=outputs))
     for adapter in method.adapters:  # a_b(f) = 0: the feature term is the mean of F_b^2
         torch.nn.init.zeros_(adapter.weight), torch.nn.init.zeros_(adapter.bias)
     # student branches: uniform over (a, b, c); teacher 0 -> (1/2, 1/2, 0), teacher 1 -> (0, 1/2, 1/2)
@@ -266,7 +268,7 @@ def test_ods_without_perturbation_is_per_member_kd(demo_zoo):
     space = LabelSpace.union([t.class_names for t in teachers])
     method = create_method("ods", space, teachers, {"perturbation": "none", "alpha": 0.75, "temperature": 2.0})
     images = torch.rand(4, 1, 8, 8)
-    assert method.training_inputs(images) is images
+    assert method.perturb(images) is images
     heads = {name: torch.randn(4, 10) for name in method.head_names}
     labels = torch.tensor([3, -1, 7, -1])
     losses = method(StepInputs(heads, [], labels, images))
@@ -277,7 +279,7 @@ def test_ods_without_perturbation_is_per_member_kd(demo_zoo):
     assert losses["labels"].item() == pytest.approx(0.25 * ce.item(), rel=1e-5)
     ods = create_method("ods", space, teachers, {"step_size": 0.01})
     inner = 0.25 + 0.5 * images  # no value within 0.08 (sqrt(D) * eta) of 0 or 1: nothing clipped
-    moved = ods.training_inputs(inner)
+    moved = ods.perturb(inner)
     assert (moved - inner).flatten(1).norm(dim=1).tolist() == pytest.approx([0.01 * 8] * 4, rel=1e-3)
 
 
@@ -359,7 +361,7 @@ def _soka_backward(demo_zoo, collaboration_weight):
                                                      "feature_weight": 0.0, "warmup_steps": 100})
     torch.manual_seed(0)
     student = Student("test_efficientnet", class_names=space.class_names, channels=1,
-                      heads=method.student_heads(), serve=method.student_serve())
+                      heads=method.needs().heads, serve=method.needs().serve)
     images = torch.rand(4, 1, 8, 8)
     shared = student.model(student.input_spec(images))
     outputs = {name: head(shared) for name, head in student.heads.items()}
@@ -378,7 +380,7 @@ def test_soka_heads_take_the_task_gradient_and_the_body_its_collaboration_share(
     body_share, heads_share, method = _soka_backward(demo_zoo, 0.05)
     assert torch.allclose(heads_share, heads_full)
     assert torch.allclose(body_share, 0.05 * body_full, rtol=1e-4, atol=1e-7)
-    assert method.student_serve() == "0-cnn-digits-0to4"
+    assert method.needs().serve == "0-cnn-digits-0to4"
 
 
 def test_soka_task_weights_stay_non_negative_and_sum_to_one(demo_zoo):

@@ -215,18 +215,19 @@ def test_timm_export_with_cli_loads_with_timm_alone(hub, run_dir, student, tmp_p
     assert len(loaded["top"]) == 5
 
 
-def test_student_push_to_hub(hub, run_dir, tmp_path):
+def test_student_push_to_hub_is_refused_for_push_student(hub, run_dir, tmp_path):
     out, _ = client(f"""
         import json, torch
         from amalgam import Student
         from amalgam.errors import PublishError
+        from amalgam.publish import push_student
         student = Student.from_pretrained({str(run_dir / "student")!r}).eval()
         try:
-            student.push_to_hub("org/by-method", branch="dev")
+            student.push_to_hub("org/by-method")
             refused = None
         except PublishError as err:
             refused = str(err)
-        result = student.push_to_hub("org/by-method", run_dir={str(run_dir)!r})
+        result = push_student(student, "org/by-method", run_dir={str(run_dir)!r})
         again = Student.from_pretrained("org/by-method")
         from huggingface_hub import hf_hub_download
         print(json.dumps({{"same": torch.equal(again({RAW}), student({RAW})), "refused": refused,
@@ -234,7 +235,7 @@ def test_student_push_to_hub(hub, run_dir, tmp_path):
                           "space": result.space_url}}))
     """, hub, tmp_path / "hf")
     assert out["same"] and out["space"] is None
-    assert "does not take branch" in out["refused"]
+    assert "without amalgam's model card" in out["refused"] and "push_student" in out["refused"]
     assert "cnn-digits-0to4" in out["card"] and split_card(out["card"])[0]["library_name"] == "amalgam"
 
 

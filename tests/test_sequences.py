@@ -21,7 +21,6 @@ from amalgam.sequences import (
     LSTMClassifier, SequenceSetting, SequenceSpec, SequenceTeacher, build_model, build_sequence_teachers,
     chance_level, load_ucr, parse_ts, series_lengths, ucr_available,
 )
-from amalgam.sequences.protocol import union_label_map
 from amalgam.teachers import LabelSpace
 
 DATA = "JapaneseVowels"
@@ -105,7 +104,7 @@ def test_ucr_loader_returns_the_documented_shapes_and_classes(vowels):
 def test_lstm_teachers_beat_chance_on_their_own_classes_and_are_cached(vowels, teachers, setting, tmp_path):
     label_space = LabelSpace.union([t.class_names for t in teachers])
     assert label_space.overlaps() == {"4": [0, 1], "5": [0, 1]}
-    test = RelabeledImages(vowels.test, union_label_map(vowels, label_space))
+    test = RelabeledImages(vowels.test, label_space.map_classes(vowels.class_names))
     metrics = evaluate_teachers(teachers, label_space, test)
     for name, own in metrics["teachers"].items():
         chance = 1 / len(setting.teacher_classes[name])
@@ -120,7 +119,7 @@ def test_lstm_teachers_beat_chance_on_their_own_classes_and_are_cached(vowels, t
 @pytest.mark.parametrize("method_name", ["concat-logits", "trust-learner"])
 def test_student_learns_every_union_class_from_lstm_teachers_through_the_engine(vowels, teachers, method_name):
     label_space = LabelSpace.union([t.class_names for t in teachers])
-    label_map = union_label_map(vowels, label_space)
+    label_map = label_space.map_classes(vowels.class_names)
     visible = stratified_indices(vowels.train_labels, 0.02, seed=0)
     assert visible.size == 9  # max(2%, 1 per class) of 270 series
     transfer = RelabeledImages(vowels.train, label_map, visible=visible)
@@ -131,10 +130,10 @@ def test_student_learns_every_union_class_from_lstm_teachers_through_the_engine(
     rows = visible.tolist()
     series = torch.stack([transfer[i][0] for i in rows])
     labels = torch.tensor([transfer[i][1] for i in rows])
-    method.prepare(LabeledSet(series, labels, signals(series, torch.tensor(rows))))
+    labeled = LabeledSet(series, labels, signals(series, torch.tensor(rows)))
     student = build_model({"kind": "lstm", "channels": 12, "num_classes": label_space.num_classes, "hidden": 32})
     history = train(student, method, signals, transfer, TrainConfig(epochs=20, batch_size=16, seed=0, cpu=True),
-                    progress=False)
+                    labeled=labeled, progress=False)
     assert history[-1]["loss"] < history[0]["loss"]
     predictions, targets = student_predictions(student, test)
     accuracy = float((predictions == targets).float().mean())

@@ -8,7 +8,8 @@ import timm
 
 from amalgam.errors import MethodError
 from amalgam.methods import StepInputs, available_methods, create_method
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy, place_probabilities
+from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.teachers.placement import place_probabilities
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
 
 

@@ -9,8 +9,10 @@ import torch
 from amalgam.data import load_digits
 from amalgam.errors import MethodError
 from amalgam.methods import LabeledSet, StepInputs, create_method
-from amalgam.methods.blocks import entropy, least_entropy_teacher, place_probabilities
-from amalgam.methods.trust import trust_weights
+from amalgam.methods.base import Setup
+from amalgam.methods.losses import entropy, least_entropy_teacher
+from amalgam.teachers.placement import place_probabilities
+from amalgam.methods.targets.trust import trust_weights
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
 
 # SKA's SyntheticControl example: T1 knows {A, B, C, D}, T2 knows {C, D, E, F}.
@@ -80,7 +82,7 @@ def test_trust_model_fitted_on_few_labels_tells_which_teacher_knows_the_class(de
     labels = torch.as_tensor(digits.train_labels[rows])
     torch.manual_seed(0)  # the trust model's initial weights
     method = create_method("trust-learner", space, teachers)
-    method.prepare(LabeledSet(images, labels, [t(images) for t in teachers]))
+    method.setup(Setup(labeled=LabeledSet(images, labels, [t(images) for t in teachers])))
     test_images = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
     test_logits = [t(test_images).logits for t in teachers]
     trust = method.teacher_weights(test_logits, test_images)

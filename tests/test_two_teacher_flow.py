@@ -13,10 +13,12 @@ from demo_methods import demo_setup, demo_student, train_briefly
 from amalgam.engine.evaluate import accuracy
 from amalgam.errors import MethodError
 from amalgam.methods import create_method
-from amalgam.methods.blocks import gradient_reversal
-from amalgam.methods.knowledge_flow import dependency_penalty, flow_mix, replaced_outputs
-from amalgam.methods.two_teacher import adversarial_terms
+from amalgam.methods.base import Batch, Setup, StudentForward
+from amalgam.methods.features.two_teacher import gradient_reversal
+from amalgam.methods.features.knowledge_flow import dependency_penalty, flow_mix, replaced_outputs
+from amalgam.methods.features.two_teacher import adversarial_terms
 from amalgam.students import Student
+from amalgam.students.stages import resolve_stages, stage_modules
 
 # --- loss pieces by hand -------------------------------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ def test_two_teacher_roles(setup):
     strict = create_method("two-teacher", space, teachers, {"feature_teacher": teachers[1].name,
                                                             "decision_teachers": [0]})
     assert strict.feature_teacher == 1 and strict.decision_weights.tolist() == [1.0, 0.0]
-    assert strict.teacher_taps() == [[], ["hidden_states.3"]]
+    assert strict.needs().taps_per_teacher(2) == [[], ["hidden_states.3"]]
     with pytest.raises(MethodError, match="no teacher named"):
         create_method("two-teacher", space, teachers, {"feature_teacher": "nobody"})
 
@@ -118,7 +120,7 @@ def test_two_teacher_roles(setup):
 @pytest.mark.parametrize("feature_teacher, teacher_width", [(0, 96), (1, 64)])
 def test_two_teacher_adapters_for_a_cnn_or_a_vit_and_its_loss_falls(setup, feature_teacher, teacher_width):
     method, student, history = train_briefly("two-teacher", {"feature_teacher": feature_teacher}, setup, samples=96)
-    assert method.layers.student == ["model.blocks.4"]  # the student's deepest stage, 64 x 1 x 1
+    assert method.layers.student == [4]  # the student's deepest stage, 64 x 1 x 1
     hint = method.adapters[0]
     assert (hint.in_channels, hint.out_channels) == (64, teacher_width)  # CNN layer4: 96; ViT tokens: 64 wide
     assert method.discriminators[0].net[0].in_features == teacher_width
@@ -131,7 +133,7 @@ def test_knowledge_flow_weans_the_student_off_its_teachers(setup, tmp_path):
     teachers, space, _, test = setup
     method, student, history = train_briefly("knowledge-flow", {}, setup, epochs=6, samples=480)
     # Q: teacher width -> student width, at the student's blocks.2 (32 ch, 4 x 4) and blocks.4 (64 ch, 1 x 1)
-    assert method.layers.student == ["model.blocks.2", "model.blocks.4"]
+    assert method.layers.student == [2, 4]
     widths = [[q.in_channels for q in flows] for flows in method.flows]
     assert [[q.out_channels for q in flows] for flows in method.flows] == [[32, 32], [64, 64]]
     assert widths[1] == [96, 64]  # CNN layer4, ViT hidden width
@@ -157,18 +159,24 @@ def test_knowledge_flow_changes_the_student_only_inside_its_context(setup):
     method = create_method("knowledge-flow", space, teachers, {"feature_layers": 1})
     student = demo_student(space).eval()
     images = torch.stack([transfer[i][0] for i in range(3)])
-    outputs = [t(images, taps=taps) for t, taps in zip(teachers, method.teacher_taps())]
-    assert method.student_taps(student) == ["model.blocks.4"]  # as the engine asks before attach()
-    feature = {"model.blocks.4": torch.zeros(3, 64, 1, 1)}
-    method.attach(feature, outputs)
+    outputs = [t(images, taps=taps) for t, taps in zip(teachers, method.needs().taps_per_teacher(len(teachers)))]
+    stages = resolve_stages(student, method.needs().student_stages)
+    assert stages == [4]  # as the engine resolves them before setup()
+    method.setup(Setup(student=student, student_stages=stages, student_features={4: torch.zeros(3, 64, 1, 1)},
+                       teacher_outputs=outputs))
+    modules = stage_modules(student, stages)
     with torch.no_grad():
         alone = student(images)
-        with method.student_output_transform(student, outputs):
+        with method.mixed_outputs(modules, outputs):
             mixed = student(images)
         assert not torch.allclose(alone, mixed) and torch.equal(student(images), alone)
+        terms = method.step(Batch(images, torch.full((3,), -1), torch.arange(3), outputs),
+                            StudentForward(student, stages, modules))  # the step mixes too, and leaves no hook
+        assert set(terms) == {"soft", "labels", "dependency"} and torch.equal(student(images), alone)
+        assert not any(m._forward_hooks for m in student.modules())
         method.omega.fill_(0.0)
         method.omega[0, 0] = 1.0  # omega_s * scale = 100: p_s = 1 to float precision, the student alone again
-        with method.student_output_transform(student, outputs):
+        with method.mixed_outputs(modules, outputs):
             assert torch.allclose(student(images), alone, atol=1e-5)
     method.start_epoch(2, 5)  # a quarter of the run, half of the ramp
     assert method.dependency == pytest.approx(5.0)

@@ -10,7 +10,10 @@ from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods import LabeledSet, StepInputs, create_method
-from amalgam.methods.blocks import alignment_weights, curriculum_weight, self_paced_weight, wsl_weights
+from amalgam.methods.base import Setup
+from amalgam.methods.targets.adaptive import alignment_weights
+from amalgam.methods.targets.experts import curriculum_weight, self_paced_weight
+from amalgam.methods.targets.wsl import wsl_weights
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
 
 SPACE = LabelSpace.union([["a", "b"], ["c", "d"]])  # two teachers, disjoint classes: union a, b, c, d
@@ -88,7 +91,8 @@ def test_lfme_expert_weights_follow_the_student_on_each_teachers_classes():
     # left teacher: right on 3 of its 4 samples (A = .75); right teacher: right on all 4 (A = 1)
     left = F.one_hot(torch.tensor([0, 1, 0, 0, 0, 0, 0, 0]), 2).float() * 5
     right = F.one_hot(torch.tensor([0, 0, 0, 0, 0, 1, 0, 1]), 2).float() * 5
-    method.prepare(LabeledSet(torch.zeros(8, 1, 4, 4), labels, [TeacherOutput(left), TeacherOutput(right)]))
+    outputs = [TeacherOutput(left), TeacherOutput(right)]
+    method.setup(Setup(labeled=LabeledSet(torch.zeros(8, 1, 4, 4), labels, outputs)))
     assert method.expert_accuracy == [0.75, 1.0]
     # student: on left's classes 3/4 right (a = A -> weight 0); on right's classes 2/4 (a = .5 A -> (1-.5)/.7)
     student = FixedPredictions([0, 1, 0, 0, 2, 3, 0, 0])
@@ -115,7 +119,8 @@ def test_lfme_measures_on_held_out_labels_and_learns_only_the_others():
     method = create_method("lfme", SPACE, TEACHERS, {})
     labels = torch.tensor([0, 0, 2, 2])
     logits = [TeacherOutput(torch.zeros(4, 2)), TeacherOutput(torch.zeros(4, 2))]
-    method.prepare(LabeledSet(torch.zeros(4, 1, 4, 4), labels, logits, indices=torch.tensor([10, 11, 12, 13])))
+    method.setup(Setup(labeled=LabeledSet(torch.zeros(4, 1, 4, 4), labels, logits,
+                                         indices=torch.tensor([10, 11, 12, 13]))))
     assert method.held_out.tolist() == [11, 13] and method.validation.labels.tolist() == [0, 2]
     student = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 2))
     step = _step(student, [torch.zeros(2, 2), torch.zeros(2, 2)], [0, 0])
@@ -125,7 +130,7 @@ def test_lfme_measures_on_held_out_labels_and_learns_only_the_others():
 
 def test_lfme_needs_labels():
     with pytest.raises(MethodError, match="labeled_fraction"):
-        create_method("lfme", SPACE, TEACHERS, {}).prepare(None, None)
+        create_method("lfme", SPACE, TEACHERS, {}).setup(Setup())
 
 
 def test_alignment_gives_conflicting_paths_zero_and_sums_to_the_number_of_paths():
@@ -179,7 +184,7 @@ def test_confidence_trust_standardises_each_teachers_confidence_on_the_transfer_
     method = create_method("confidence-trust", SPACE, TEACHERS, {})
     # over the transfer set the left teacher is always sure (max-prob ~.88 or ~.98), the right one never is
     transfer = [torch.tensor([[2.0, 0.0], [4.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.4, 0.0]])]
-    method.prepare(None, transfer)
+    method.setup(Setup(transfer_logits=transfer))
     left = torch.tensor([2.0, 4.0]).sigmoid()  # max-prob of [z, 0]
     right = torch.tensor([0.5, torch.tensor(0.4).sigmoid().item()])
     assert method.score_mean.tolist() == pytest.approx([left.mean().item(), right.mean().item()])
@@ -196,7 +201,7 @@ def test_confidence_trust_standardises_each_teachers_confidence_on_the_transfer_
 def test_confidence_trust_without_the_transfer_logits_says_how_to_fix_it():
     method = create_method("confidence-trust", SPACE, TEACHERS, {})
     with pytest.raises(MethodError, match="cache_teachers=True"):
-        method.prepare(None, None)
+        method.setup(Setup())
 
 
 def test_student_feedback_mixes_the_students_view_into_the_weights_as_the_run_goes():
@@ -204,7 +209,7 @@ def test_student_feedback_mixes_the_students_view_into_the_weights_as_the_run_go
     assert method.student_feedback == 0.0  # soft-targets has no such option; set it as trust methods do
     method = create_method("confidence-trust", SPACE, TEACHERS, {"student_feedback": 0.5, "temperature": 1.0})
     transfer = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
-    method.prepare(None, [transfer, transfer])  # the same calibration for both teachers
+    method.setup(Setup(transfer_logits=[transfer, transfer]))  # the same calibration for both teachers
     teacher_logits = [torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])]  # equal trust: weights [.5, .5]
     student = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1]]))  # student: 80% on the left teacher's classes
     method.start_epoch(1, 3)

@@ -11,22 +11,28 @@ from matplotlib.figure import Figure
 
 from amalgam.api import format_results
 from amalgam.errors import MethodError
-from amalgam.methods.registry import get_method, method_options
+from amalgam.methods.registry import get_method, method_choices, method_options
 from amalgam.teachers.label_space import normalize_class_name
 
 CURVE_COLUMNS = ["epoch", "loss", "test_accuracy"]
 
 
 def method_markdown(name: str) -> str:
-    """A method's one-line summary and its paper.
+    """A method's one-line summary, its paper, and the allowed values of its options that take one of a few.
 
     >>> print(method_markdown("supervised"))
     **supervised**: Train the student on the labeled fraction only (a reference, not amalgamation).
     <BLANKLINE>
     *Paper:* Reference: no teachers, labels only
+    >>> method_markdown("teacher-switching").splitlines()[-1]
+    '*Allowed values:* `target`: soft | hard; `order`: round-robin | random'
     """
     cls = get_method(name)
-    return f"**{name}**: {cls.summary}\n\n*Paper:* {cls.paper or '—'}"
+    text = f"**{name}**: {cls.summary}\n\n*Paper:* {cls.paper or '—'}"
+    choices = method_choices(name)
+    if choices:
+        text += "\n\n*Allowed values:* " + "; ".join(f"`{k}`: {' | '.join(map(str, v))}" for k, v in choices.items())
+    return text
 
 
 def method_options_json(name: str) -> str:

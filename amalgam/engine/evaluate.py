@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from amalgam.engine.uncertainty import member_probabilities_of
 from amalgam.methods.base import Method
-from amalgam.methods.blocks import place_logits, place_probabilities
+from amalgam.teachers.placement import place_logits, place_probabilities
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 

@@ -6,62 +6,47 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from amalgam.config import TrainConfig
 from amalgam.engine.checkpoint import (
     Checkpoint, CheckpointError, Progress, check_checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint,
 )
 from amalgam.errors import RunCancelled
 from amalgam.knowledge import IndexedImages, TeacherSignals
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import mean_over_processes
-from amalgam.teachers.taps import capture_features, resolve_modules
+from amalgam.methods.base import Batch, LabeledSet, Method, Setup, StudentForward
+from amalgam.parallel import mean_over_processes
+from amalgam.students.stages import resolve_stages, stage_modules
+from amalgam.teachers.taps import capture_features
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
-@dataclass
-class TrainConfig:
-    """The training budget. Every method of a comparison should get the same one."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16", passed to accelerate (fp16 autocasts on GPUs only)
-    cpu: bool = False  # force the CPU even when a GPU is present
-    grad_accumulation: int = 1  # batches whose gradients make one optimizer step (effective batch: batch_size x this)
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
-    parts_lr: float | None = None  # learning rate of the method's own parts (adapters, blocks); None: ``lr``
-
-    def __post_init__(self) -> None:
-        for field, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
-                             ("grad_accumulation", self.grad_accumulation)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be 0 (off) or a positive number of optimizer steps, got "
-                             f"{self.checkpoint_every!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.parts_lr is not None and self.parts_lr <= 0:
-            raise ValueError(f"parts_lr must be positive (or None for lr), got {self.parts_lr}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 EpochCallback = Callable[[dict], None]
+
+__all__ = ["EpochCallback", "TrainConfig", "Trainable", "parameter_groups", "train"]
+
+
+class Trainable(nn.Module):
+    """The student and the method's own parts as one module, so accelerate prepares (and, on several processes,
+    wraps for DDP) both together: its forward is the method's training step, which returns the named loss terms.
+    """
+
+    def __init__(self, student: nn.Module, method: Method, stages: Sequence[int]) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+        self.stages = list(stages)
+        self.stage_modules = stage_modules(student, self.stages)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.method.step(batch, StudentForward(self.student, self.stages, self.stage_modules))
 
 
 def parameter_groups(model: nn.Module, method_parameters: list[nn.Parameter], config: TrainConfig) -> list[dict]:
@@ -80,6 +65,8 @@ def train(
     signals: TeacherSignals | None,
     transfer: Dataset,
     config: TrainConfig,
+    labeled: LabeledSet | None = None,
+    transfer_logits: Sequence[torch.Tensor] | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
@@ -90,7 +77,9 @@ def train(
     """Minimise the sum of ``method``'s loss terms over ``transfer``, and return one record per epoch.
 
     ``model`` maps raw image batches to logits (a :class:`~amalgam.students.Student`); ``signals`` gives the
-    teachers' outputs for each batch (live or cached; ``None`` for a method without teachers);
+    teachers' outputs for each batch (live or cached; ``None`` for a method that reads none);
+    ``labeled`` (the labeled fraction) and ``transfer_logits`` (the teachers' logits on the whole transfer set)
+    go to :meth:`Method.setup`, which is called once, after the run is seeded;
     ``evaluate(model)`` (if given) is the test accuracy logged after each epoch, and
     ``on_epoch`` receives each record as it is made (for live plots).
     ``should_stop`` is asked before each batch; when it returns True, training ends and :class:`RunCancelled`
@@ -99,19 +88,21 @@ def train(
     With ``checkpoint_dir``, a checkpoint (see :mod:`amalgam.engine.checkpoint`) is written at the end of every
     epoch and every ``config.checkpoint_every`` optimizer steps; the folder must not hold checkpoints of another
     run. ``resume=True`` continues from its newest checkpoint instead, with the same results as a run never
-    interrupted. The method must have been set up as for the original run (``prepare()`` called with the same
-    data): its ``state_dict()`` is loaded after that and after :meth:`Method.attach`, and any state it changes
-    while training must be in that state dict (parameters or persistent buffers).
+    interrupted, given the same arguments: the method's ``state_dict()`` is loaded after :meth:`Method.setup`,
+    and any state it changes while training must be in that state dict (parameters or persistent buffers).
     """
     from accelerate import Accelerator
     from accelerate.data_loader import skip_first_batches
+    from accelerate.utils import DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
     if resume and checkpoint_dir is None:
         raise CheckpointError("train(resume=True) needs the checkpoint_dir of the run to continue")
     latest = check_checkpoint_dir(checkpoint_dir, resume) if checkpoint_dir is not None else None
+    # a method's parts may sit out a step (a phase, a branch without labels): DDP must not wait for their gradients
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
-                              gradient_accumulation_steps=config.grad_accumulation)
+                              gradient_accumulation_steps=config.grad_accumulation,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(config.seed)
     shuffling = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(
@@ -121,10 +112,14 @@ def train(
         drop_last=len(transfer) > config.batch_size,
         generator=shuffling,
     )
-    student_taps = method.student_taps(model)
-    tapped = resolve_modules(model, student_taps, "the student", student_taps)
-    if student_taps or any(method.teacher_taps()):
-        _probe(model, method, signals, transfer, student_taps, tapped)
+    needs = method.needs()
+    if needs.teacher_signals != "outputs":
+        signals = None  # the method runs the teachers itself, or has none
+    stages = resolve_stages(model, needs.student_stages)
+    trainable = Trainable(model, method, stages)
+    probe = _probe(trainable, signals, transfer) if needs.taps_features else {}
+    method.setup(Setup(labeled, list(transfer_logits) if transfer_logits is not None else None, model, stages,
+                       **probe))
     method_parameters = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups(model, method_parameters, config), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -135,8 +130,7 @@ def train(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
-    method.to(accelerator.device)
+    wrapped, optimizer, schedule = accelerator.prepare(trainable, optimizer, schedule)
     if signals is not None:
         signals.to(accelerator.device)
     # the last group of an epoch may hold fewer batches: its gradient is scaled to a mean over the batches it has
@@ -145,8 +139,8 @@ def train(
 
     state = Progress()
     resumed: Checkpoint | None = None
-    if latest is not None:  # after prepare() and attach(), which create and set what the checkpoint overwrites
-        resumed = load_checkpoint(latest, accelerator.unwrap_model(model), method, run)
+    if latest is not None:  # after setup(), which creates and sets what the checkpoint overwrites
+        resumed = load_checkpoint(latest, model, method, run)
         optimizer.load_state_dict(resumed.trainer["optimizer"])
         schedule.load_state_dict(resumed.trainer["scheduler"])
         if accelerator.scaler is not None:
@@ -167,13 +161,12 @@ def train(
         trainer = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                    "loader_generator": epoch_start_shuffling}
-        save_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), method, trainer, state, run)
+        save_checkpoint(checkpoint_dir, model, method, trainer, state, run)
 
     history = state.history
     optimizer.zero_grad(set_to_none=True)
     for epoch in range(state.epochs_done + 1, config.epochs + 1):
-        model.train()
-        method.train()
+        wrapped.train()
         method.start_epoch(epoch, config.epochs)
         started = time.perf_counter() - state.epoch_seconds
         sums: dict[str, float] = defaultdict(float, state.loss_sums)
@@ -190,19 +183,12 @@ def train(
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
             teacher_outputs = signals(images, indices) if signals is not None else []
-            images = method.training_inputs(images)
-            with accelerator.accumulate(model):
-                with (accelerator.autocast(), capture_features(model, student_taps, tapped) as student_features,
-                      method.student_output_transform(accelerator.unwrap_model(model), teacher_outputs)):
-                    logits = model(images)
-                    losses = method(StepInputs(logits, teacher_outputs, labels, images, student_features, indices))
+            with accelerator.accumulate(wrapped):
+                with accelerator.autocast():
+                    losses = wrapped(Batch(images, labels, indices, teacher_outputs))
                     loss = sum(losses.values())
                 in_short_group = short_group and batch >= batches - short_group
                 accelerator.backward(loss * (config.grad_accumulation / short_group) if in_short_group else loss)
-                if accelerator.sync_gradients and accelerator.num_processes > 1:
-                    for part in method_parameters:  # the method's own parts (adapters...) are not DDP-wrapped
-                        if part.grad is not None:
-                            part.grad = accelerator.reduce(part.grad, reduction="mean")
                 optimizer.step()  # all three act only when sync_gradients, at the end of a group of batches
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -222,9 +208,9 @@ def train(
         sums = _mean_over_processes(accelerator, sums)  # each process summed its own batches
         record = {"epoch": epoch, **{k: v / batches for k, v in sums.items()}}
         record["seconds"] = time.perf_counter() - started
-        record.update(method.end_epoch(accelerator.unwrap_model(model)))
+        record.update(method.end_epoch(model))
         if evaluate is not None:
-            record["test_accuracy"] = evaluate(accelerator.unwrap_model(model))
+            record["test_accuracy"] = evaluate(model)
         history.append(record)
         if show:
             tqdm.write(
@@ -235,7 +221,7 @@ def train(
             on_epoch(record)
         state.epochs_done = epoch
         checkpoint(shuffling.get_state())  # the next epoch starts from the generator as it is now
-    accelerator.unwrap_model(model).eval()
+    model.eval()
     return history
 
 
@@ -248,15 +234,15 @@ def _mean_over_processes(accelerator: Accelerator, sums: dict[str, float]) -> di
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, method: Method, signals: TeacherSignals | None, transfer: Dataset,
-           student_taps: list[str], tapped: list[nn.Module]) -> None:
-    """Show the method the student's and teachers' features on two transfer samples, before its parts are
-    optimised, so it can size its adapters."""
+def _probe(trainable: Trainable, signals: TeacherSignals | None, transfer: Dataset) -> dict:
+    """The student's stage outputs and the teachers' outputs on two transfer samples, for :class:`Setup`
+    (before the method's parts are optimised, so it can size its adapters)."""
     images = torch.stack([transfer[i][0] for i in range(min(2, len(transfer)))])
-    was_training = model.training
-    model.eval()
-    with capture_features(model, student_taps, tapped) as features:
-        model(images)
-    model.train(was_training)
+    student = trainable.student
+    was_training = student.training
+    student.eval()
+    with capture_features(student, trainable.stages, trainable.stage_modules) as features:
+        student(images)
+    student.train(was_training)
     outputs = signals(images, torch.arange(len(images))) if signals is not None else []
-    method.attach(dict(features), outputs)
+    return {"student_features": dict(features), "teacher_outputs": outputs}

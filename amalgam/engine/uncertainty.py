@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from amalgam.methods.blocks import entropy, placed_targets
+from amalgam.methods.losses import entropy
+from amalgam.teachers.placement import placed_targets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 

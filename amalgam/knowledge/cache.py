@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from amalgam.data.images import RelabeledImages, TensorImages
 from amalgam.errors import AmalgamError
 from amalgam.knowledge.signals import CACHE_BATCH, IndexedImages
+from amalgam.paths import amalgam_home
 from amalgam.teachers.sources import TEACHER_FILES
 from amalgam.teachers.teacher import Teacher, TeacherOutput, load_teacher
 
@@ -70,8 +71,6 @@ class KnowledgeCacheError(AmalgamError):
 
 def knowledge_root() -> Path:
     """Where knowledge caches live by default: ``$AMALGAM_HOME/knowledge``."""
-    from amalgam.zoo.demo import amalgam_home
-
     return amalgam_home() / "knowledge"
 
 

@@ -1,10 +1,30 @@
-"""What every amalgamation method is: a module with its own trainable parts that returns named loss terms."""
+"""What every amalgamation method is, and the one seam between methods and the engine.
+
+A method declares what it needs as data (:class:`Needs`, per instance: its options may change it), is set up
+once before training (:meth:`Method.setup`, with a :class:`Setup`), and returns named loss terms for each batch
+(:meth:`Method.loss`). The engine's calls, in order, for one run:
+
+1. ``needs()``: before anything is built. It says which teacher signals to compute (cached or live outputs, or
+   none because the method runs the teachers itself), which teacher taps and student stages to capture, which
+   heads the student has and how it is served, and whether a labeled fraction is required.
+2. ``setup(ctx)``: once, after the engine seeded the run, with the labeled fraction, the teachers' logits on the
+   whole transfer set (when computed once) and the student's and teachers' features on a probe batch (to size
+   adapters). Anything built here is optimised and checkpointed with the method.
+3. Per epoch: ``start_epoch(epoch, epochs)``, then per batch ``step(batch, student)`` (default: the student's
+   forward, then ``loss``), then ``end_epoch(student)`` (numbers for the epoch's record).
+4. After training: ``combined_target(teacher_logits, images)`` on the test split (how good the target is).
+
+Most methods implement only ``loss`` (and ``needs``/``setup`` when they tap features or fit parts). The few that
+change the step itself (ODS perturbs the inputs, knowledge flow mixes features into the student's layers)
+override ``step``.
+"""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -15,22 +35,91 @@ from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
+TeacherSignal = Literal["outputs", "live", "none"]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs from the engine (see the module's docstring for when each is used).
+
+    Attributes:
+        teacher_signals: ``"outputs"``: each batch comes with the teachers' outputs (cached once, or live);
+            ``"live"``: the method runs the (frozen) teachers itself in its step, on inputs or sub-networks of
+            its own, so the engine computes none; ``"none"``: no teachers (references trained on labels).
+        teacher_taps: the feature taps to capture from each teacher (one tuple per teacher; empty: logits only).
+        student_stages: the student's stages whose outputs the method reads, by index into its stages (timm's
+            ``feature_info``, shallow to deep; negative counts from the deepest), or an ``int`` ``n``: ``n``
+            stages at relative depths ``1/n, ..., 1`` (the deepest last). Keys of ``StepInputs.student_features``.
+        heads: the named heads the student needs on its shared body (``None``: one classifier over the union).
+        serve: the head the student is scored and served by (``None``: the mean of its heads).
+        labels: the method fits part of itself on labels, so a run must have a labeled fraction.
+        label_free: the method is made for runs without any labels (benchmarks give it none).
+    """
+
+    teacher_signals: TeacherSignal = "outputs"
+    teacher_taps: tuple[tuple[str, ...], ...] = ()
+    student_stages: tuple[int, ...] | int = ()
+    heads: tuple[Head, ...] | None = None
+    serve: str | None = None
+    labels: bool = False
+    label_free: bool = False
+
+    def taps_per_teacher(self, num_teachers: int) -> list[list[str]]:
+        """``teacher_taps`` as one list per teacher (empty lists when the method taps none)."""
+        return [list(t) for t in self.teacher_taps] if self.teacher_taps else [[] for _ in range(num_teachers)]
+
+    @property
+    def taps_features(self) -> bool:
+        """Whether the method reads any feature (of a teacher or of the student)."""
+        return any(self.teacher_taps) or bool(self.student_stages)
+
 
 @dataclass
 class StepInputs:
-    """Everything a method may look at for one batch.
+    """Everything a method's loss may look at for one batch.
 
-    ``images`` is the raw ``[0, 1]`` batch; ``labels`` are union-space indices for the labeled fraction and
-    ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the modules named by
-    :meth:`Method.student_taps`; ``indices`` are the samples' positions in the transfer set.
+    ``images`` is the batch the student saw (raw ``[0, 1]``); ``labels`` are union-space indices for the labeled
+    fraction and ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the student's stages of
+    :attr:`Needs.student_stages`, by stage index; ``indices`` are the samples' positions in the transfer set.
+    ``student_logits`` is ``{head name: output}`` for a student with heads.
     """
 
     student_logits: torch.Tensor
     teacher_outputs: list[TeacherOutput]
     labels: torch.Tensor
     images: torch.Tensor | None = None
-    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    student_features: dict[int, torch.Tensor] = field(default_factory=dict)
     indices: torch.Tensor | None = None
+
+
+@dataclass
+class Batch:
+    """One training batch as the engine hands it to :meth:`Method.step`: the raw images, their labels and
+    transfer-set indices, and the teachers' outputs on them (empty unless ``needs().teacher_signals`` is
+    ``"outputs"``)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    teacher_outputs: list[TeacherOutput]
+
+
+class StudentForward:
+    """The student as a method's step calls it: ``logits, features = student(images)``, with the outputs of the
+    stages the method asked for (by stage index). ``module`` is the student itself and ``stage_modules`` the
+    modules of those stages, for a step that changes what they output while it trains."""
+
+    def __init__(self, module: nn.Module, stages: Sequence[int], stage_modules: Sequence[nn.Module]) -> None:
+        self.module = module
+        self.stages = list(stages)
+        self.stage_modules = list(stage_modules)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        from amalgam.teachers.taps import capture_features
+
+        with capture_features(self.module, self.stages, self.stage_modules) as features:
+            logits = self.module(images)
+        return logits, dict(features)
 
 
 @dataclass
@@ -53,27 +142,64 @@ class LabeledSet:
         return cls(images, labels, signals(images, torch.tensor(rows)), torch.tensor(rows))
 
 
+@dataclass
+class Setup:
+    """What :meth:`Method.setup` is given, once, before the student trains.
+
+    ``labeled``: the labeled fraction (``None`` when the run has none); ``transfer_logits``: the teachers' logits
+    on the whole transfer set, labeled or not, when they were computed once (else ``None``); ``student``: the
+    student; ``student_stages``: the stage indices of ``needs().student_stages``, resolved; ``student_features``
+    and ``teacher_outputs``: the student's stage outputs and the teachers' outputs (with their taps) on a probe
+    batch of two transfer samples, when the method reads features (else empty).
+    """
+
+    labeled: LabeledSet | None = None
+    transfer_logits: list[torch.Tensor] | None = None
+    student: nn.Module | None = None
+    student_stages: list[int] = field(default_factory=list)
+    student_features: dict[int, torch.Tensor] = field(default_factory=dict)
+    teacher_outputs: list[TeacherOutput] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    """Base of every method's options: one dataclass per method, inherited along its family, so a variant adds
+    its own fields to its parent's instead of retyping them. Every option typed as a ``Literal`` is checked
+    against its values here; a subclass validates the rest in its ``__post_init__`` (calling this one first)
+    with :meth:`require`, and the error is then prefixed with the method's name."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in option_choices(type(self)).items():
+            value = getattr(self, name)
+            self.require(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
+
+    @staticmethod
+    def require(ok: bool, message: str) -> None:
+        """Raise :class:`MethodError` with ``message`` (which option, what it must be, what it got) unless ``ok``."""
+        if not ok:
+            raise MethodError(message)
+
+
 class Method(nn.Module):
     """Base class of amalgamation methods.
 
-    A subclass sets ``name`` (its registry key), ``paper`` (the citation) and ``summary`` (one line for the
-    CLI and the app), takes the label space and teachers plus its own keyword options, and implements
-    :meth:`forward` returning a dict of named loss terms; the engine minimises their sum and logs each.
-    Trainable parts (adapters, heads...) are submodules, so they are optimised and checkpointed with the student.
+    A subclass sets ``name`` (its registry key), ``paper`` (the citation), ``summary`` (one line for the CLI and
+    the app) and ``Options`` (its options' dataclass), and implements :meth:`loss` returning a dict of named loss
+    terms; the engine minimises their sum and logs each. Trainable parts (adapters, heads...) are submodules,
+    so they are optimised and checkpointed with the student. It is built with the label space, the teachers and
+    its options, as an ``Options`` instance or as keywords: ``SoftTargets(space, teachers, temperature=2.0)``.
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    uses_teachers: ClassVar[bool] = True  # False for references trained on labels alone
-    requires_labels: ClassVar[bool] = False  # True when prepare() needs a labeled fraction
-    label_free: ClassVar[bool] = False  # True when made for runs with no labels at all (benchmarks give it none)
-    # True when the method runs the teachers itself on every batch (ODS on perturbed inputs, sub-networks of them):
-    # the engine then computes no teacher outputs for it, and StepInputs.teacher_outputs is empty
-    runs_teachers: ClassVar[bool] = False
+    family: ClassVar[str] = ""  # "" : the sub-package of amalgam.methods it is defined in ("custom" elsewhere)
+    Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
         super().__init__()
+        self.options = build_options(self, options, overrides)
         self.label_space = label_space
         self.num_teachers = len(teachers)
         self.teacher_names = [t.name for t in teachers]
@@ -84,35 +210,33 @@ class Method(nn.Module):
         """Each teacher's index map into the union classes (``idx_k`` of shared/METHODS.md §0.1)."""
         return [getattr(self, f"index_{k}") for k in range(self.num_teachers)]
 
-    def teacher_taps(self) -> list[list[str]]:
-        """Feature taps to request from each teacher (none by default: logits only)."""
-        return [[] for _ in range(self.num_teachers)]
+    def needs(self) -> Needs:
+        """What this method needs from the engine (by default: the teachers' outputs on each batch)."""
+        return Needs()
 
-    def student_heads(self) -> list[Head] | None:
-        """The named heads this method trains on a shared body (``None``: a plain student with one classifier
-        over the union classes). ``amalgamate`` builds the student with them; its ``forward`` then gives the
-        method ``{head name: output}`` as ``StepInputs.student_logits``."""
-        return None
+    def setup(self, ctx: Setup) -> None:
+        """Fit or build what must exist before the student trains (nothing by default): see :class:`Setup`."""
+
+    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
+        """One training step's loss terms: the student's forward on the batch, then :meth:`loss`."""
+        logits, features = student(batch.images)
+        return self.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, batch.images, features,
+                                    batch.indices))
+
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        """Calling the method computes its loss terms (``method(step)``)."""
+        return self.loss(step)
 
     def head_outputs(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        """The student's outputs by head name, for methods with :meth:`student_heads`; a plain student is an
-        error that says how to get the right one."""
+        """The student's outputs by head name, for methods whose ``needs().heads`` are set; a plain student is
+        an error that says how to get the right one."""
         if not isinstance(step.student_logits, dict):
-            raise MethodError(f"{self.name} trains a student with the heads of its student_heads(); a plain "
-                              "student has none. Pass the student as an architecture name and amalgamate builds it.")
+            raise MethodError(f"{self.name} trains a student with the heads of its needs(); a plain student has "
+                              "none. Pass the student as an architecture name and amalgamate builds it.")
         return step.student_logits
-
-    def student_serve(self) -> str | None:
-        """The head the student is scored and served by (``None``: the mean of its heads over the union)."""
-        return None
-
-    def student_taps(self, student: nn.Module) -> list[str]:
-        """Module paths of ``student`` whose outputs this method reads (none by default)."""
-        return []
-
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
-        """Called once before training, with the student's and teachers' features on a probe batch, for methods
-        that size parts of themselves (adapters) to the models' feature shapes. Nothing by default."""
 
     def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor | None:
         """The teachers combined into this method's target over the union classes, if it has one.
@@ -121,14 +245,6 @@ class Method(nn.Module):
         """
         return None
 
-    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
-        """Fit what must be fitted before the student trains (nothing by default).
-
-        ``labeled`` is the labeled fraction (``None`` when the run has no labels); ``transfer_logits`` are the
-        teachers' logits on the whole transfer set, labeled or not, when they were computed once (the unlabeled
-        data a method may calibrate or self-train on).
-        """
-
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (``epoch`` counts from 1): for schedules over the run."""
 
@@ -136,18 +252,42 @@ class Method(nn.Module):
         """Called after each epoch with the student; returns numbers to log in that epoch's record."""
         return {}
 
-    def training_inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """The batch the student trains on in this step (and ``StepInputs.images``): ``images`` by default;
-        ODS moves it where the teachers disagree. The teachers' cached outputs stay those of ``images``."""
-        return images
 
-    def student_output_transform(self, student: nn.Module,
-                                 teacher_outputs: Sequence[TeacherOutput]) -> AbstractContextManager[None]:
-        """A context the engine enters around the student's forward in training steps only (not the probe, not
-        evaluation), for methods that change the student's forward while it trains (knowledge flow adds
-        teachers' features into its layers). ``teacher_outputs`` are the batch's. Whatever it installs
-        (forward hooks) must be removed when it exits. Nothing by default."""
-        return nullcontext()
+def build_options(method: Method | type[Method], options: Options | None, overrides: dict[str, Any]) -> Options:
+    """``method``'s options from an ``Options`` instance and/or keywords; an unknown keyword is a
+    :class:`MethodError` that lists the method's options with their defaults."""
+    cls = method.Options
+    if options is not None and not isinstance(options, cls):
+        raise MethodError(f"{method.name}: options must be a {cls.__name__}, got {type(options).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        listed = ", ".join(f"{k}={v!r}" for k, v in option_defaults(cls).items()) or "none"
+        raise MethodError(f"method {method.name!r} has no option(s) {unknown}; its options are {listed}")
+    try:
+        if options is None:
+            return cls(**overrides)
+        return dataclasses.replace(options, **overrides) if overrides else options
+    except MethodError as err:
+        raise MethodError(f"{method.name}: {err}") from None
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+
+def option_defaults(cls: type[Options]) -> dict[str, Any]:
+    """Each option of an ``Options`` dataclass with its default."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
+
+
+def option_choices(cls: type[Options]) -> dict[str, tuple]:
+    """The allowed values of each option typed as a ``Literal`` (for ``amalgam methods`` and the app)."""
+    hints = typing.get_type_hints(cls)
+    choices = {}
+    for name, hint in hints.items():
+        if typing.get_origin(hint) is Literal:
+            choices[name] = typing.get_args(hint)
+    return choices

@@ -2,39 +2,66 @@
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from typing import Any, Sequence
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method
+from amalgam.methods.base import Method, build_options, option_choices, option_defaults
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILT_IN = ("label_space", "teachers")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a :class:`Method` subclass available under ``cls.name``."""
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"method class {cls.__name__} needs a unique name, got {cls.name!r}")
+    """Class decorator: make a :class:`Method` subclass available under ``cls.name``.
+
+    Registering a name again replaces the method, with a warning (as timm's ``register_model`` does), so a
+    notebook cell that redefines a method can be run twice.
+    """
+    if not cls.name:
+        raise ValueError(f"method class {cls.__name__} needs a name (its registry key)")
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        warnings.warn(f"method {cls.name!r} was registered already ({_METHODS[cls.name].__qualname__}); "
+                      f"{cls.__qualname__} replaces it", stacklevel=2)
     _METHODS[cls.name] = cls
     return cls
 
 
-def available_methods() -> dict[str, type[Method]]:
-    """Registered methods by name."""
-    return dict(sorted(_METHODS.items()))
+def available_methods(family: str | None = None) -> dict[str, type[Method]]:
+    """Registered methods by name (those of one ``family`` when given: ``"targets"``, ``"features"``,
+    ``"heads"``, or ``"custom"`` for methods registered outside amalgam)."""
+    return {name: cls for name, cls in sorted(_METHODS.items()) if family is None or method_family(cls) == family}
+
+
+def method_family(cls: type[Method]) -> str:
+    """The family a method belongs to: its ``family``, else its sub-package of ``amalgam.methods``.
+
+    >>> method_family(get_method("feed")), method_family(get_method("soft-targets"))
+    ('features', 'targets')
+    """
+    if cls.family:
+        return cls.family
+    parts = cls.__module__.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["amalgam", "methods"] else "custom"
 
 
 def method_options(name: str) -> dict[str, Any]:
-    """The options a method accepts, with their defaults."""
-    signature = inspect.signature(get_method(name).__init__)
-    return {
-        param.name: param.default
-        for param in list(signature.parameters.values())[1:]
-        if param.name not in _BUILT_IN and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
-    }
+    """The options a method accepts, with their defaults.
+
+    >>> method_options("soft-targets")["temperature"]
+    4.0
+    """
+    return option_defaults(get_method(name).Options)
+
+
+def method_choices(name: str) -> dict[str, tuple]:
+    """The allowed values of the method's options that take one of a few values.
+
+    >>> method_choices("soft-targets")["target"]
+    ('soft', 'hard')
+    """
+    return option_choices(get_method(name).Options)
 
 
 def get_method(name: str) -> type[Method]:
@@ -46,15 +73,6 @@ def get_method(name: str) -> type[Method]:
 def create_method(
     name: str, label_space: LabelSpace, teachers: Sequence[Teacher], options: dict[str, Any] | None = None
 ) -> Method:
-    """Build method ``name``; options are checked against its signature first, so a typo fails at once."""
+    """Build method ``name``; options are checked against its ``Options`` first, so a typo fails at once."""
     cls = get_method(name)
-    options = dict(options or {})
-    accepted = method_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise MethodError(
-            f"method {name!r} has no option(s) {unknown}; its options are "
-            + ", ".join(f"{k}={v!r}" for k, v in accepted.items())
-        )
-    return cls(label_space, teachers, **options)
-
+    return cls(label_space, teachers, build_options(cls, None, dict(options or {})))

@@ -92,3 +92,15 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown sequence model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
     return MODEL_KINDS[kind](**options)
+
+
+class SequenceTrust(nn.Module):
+    """Trust logits from the series itself: an LSTM, as in the SKA code's TTL (trust-learner's ``trust_input="input"``
+    for sequence teachers)."""
+
+    def __init__(self, channels: int, num_teachers: int) -> None:
+        super().__init__()
+        self.net = LSTMClassifier(channels, num_teachers, hidden=32, layers=1)
+
+    def forward(self, series: torch.Tensor, teacher_logits: object) -> torch.Tensor:
+        return self.net(series)

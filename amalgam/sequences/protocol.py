@@ -2,8 +2,9 @@
 trained from the teachers' outputs on the unlabeled train split plus a few labels, measured on the test split.
 
 Everything goes through amalgam's generic parts: methods from the registry (``create_method``), teacher outputs
-computed once (``CachedSignals``), training by ``amalgam.engine.train``, and the engine's evaluation. Only the
-data, the models and the teacher wrapper are sequence-specific.
+computed once (``CachedSignals``), one :class:`~amalgam.pipeline.Pipeline` per run (the method's setup and the
+training, wired as for images), and the engine's evaluation. Only the data, the models and the teacher wrapper
+are sequence-specific.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from amalgam.data import RelabeledImages, stratified_indices
-from amalgam.engine import (
-    TrainConfig, confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions, target_accuracy,
-    train,
-)
+from amalgam.config import TrainConfig
+from amalgam.engine import confusion_matrix, evaluate_teachers, per_class_accuracy, student_predictions, target_accuracy
 from amalgam.knowledge import CachedSignals
-from amalgam.methods import LabeledSet, create_method
+from amalgam.methods import create_method
+from amalgam.pipeline import Pipeline
 from amalgam.sequences.models import build_model
 from amalgam.sequences.teacher import SequenceTeacher, SequenceTeacherSpec, build_sequence_teachers
 from amalgam.sequences.ucr import SequenceData, chance_level, load_ucr
@@ -98,29 +98,24 @@ class SequenceSetting:
                 for name, c in self.teacher_classes.items()}
 
 
-def union_label_map(data: SequenceData, label_space: LabelSpace) -> list[int]:
-    """Union index of each of the data set's classes (-1 for a class no teacher knows)."""
-    return [-1 if (j := label_space.index_of(c)) is None else j for c in data.class_names]
-
-
 def run_once(row: Row, seed: int, setting: SequenceSetting, data: SequenceData, teachers: list[SequenceTeacher],
              signals: CachedSignals, label_space: LabelSpace) -> dict[str, Any]:
     """Train one student for ``row`` and ``seed``; return its test accuracy, per-class accuracy and confusion."""
     started = time.perf_counter()
-    label_map = union_label_map(data, label_space)
+    label_map = label_space.map_classes(data.class_names)
     visible = stratified_indices(data.train_labels, row.labeled_fraction, seed)  # >= 1 label per class
     transfer = RelabeledImages(data.train, label_map, visible=visible)
     test = RelabeledImages(data.test, label_map)
     torch.manual_seed(seed)  # the student's and the method's initial weights belong to the seed
     method = create_method(row.method, label_space, teachers, dict(row.options))
     student = build_model({**setting.student_model, "channels": data.channels, "num_classes": label_space.num_classes})
-    uses_teachers = method.uses_teachers
-    if uses_teachers:  # as amalgamate() does: fit what the method fits on labels (trust model) or calibrates
-        method.prepare(LabeledSet.gather(transfer, visible, signals) if visible.size else None, signals.logits)
     config = TrainConfig(**{**setting.budget.to_dict(), "seed": seed})
-    history = train(student, method, signals if uses_teachers else None, transfer, config, progress=False)
+    run = Pipeline(teachers, label_space, method, student, transfer, test, visible, config, data_name=data.name,
+                   signals=signals)
+    history = run.fit(progress=False, test_each_epoch=False)
     student.cpu()
     predictions, targets = student_predictions(student, test)
+    uses_teachers = method.needs().teacher_signals != "none"
     return {
         "seed": seed,
         "accuracy": float((predictions == targets).float().mean()),
@@ -147,7 +142,7 @@ def run_protocol(setting: SequenceSetting, seeds: Sequence[int] = (0, 1, 2), row
     label_space = LabelSpace.union([t.class_names for t in teachers])
     signals = CachedSignals.compute(teachers, data.train, progress=False)  # teachers are frozen: once for all runs
     rows = list(rows) if rows is not None else default_rows(setting.labeled_fraction)
-    test = RelabeledImages(data.test, union_label_map(data, label_space))
+    test = RelabeledImages(data.test, label_space.map_classes(data.class_names))
     results: dict[str, list[dict]] = {row.label: [] for row in rows}
     for row in rows:
         for seed in seeds:

@@ -23,11 +23,12 @@ from amalgam.data import RelabeledImages
 from amalgam.engine import TrainConfig, accuracy, train
 from amalgam.errors import TeacherError
 from amalgam.methods import create_method
-from amalgam.sequences.models import build_model
+from amalgam.methods.targets.trust import register_input_trust
+from amalgam.paths import amalgam_home
+from amalgam.sequences.models import SequenceTrust, build_model
 from amalgam.sequences.ucr import SequenceData
 from amalgam.teachers import LabelSpace
 from amalgam.teachers.teacher import FrozenModel, TeacherOutput
-from amalgam.zoo import amalgam_home
 
 TEACHER_FORMAT = 1  # bump when the saved layout or the training recipe changes: cached teachers are rebuilt
 
@@ -44,6 +45,9 @@ class SequenceSpec:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+register_input_trust(SequenceSpec, SequenceTrust)  # trust-learner's trust_input="input" reads series with an LSTM
 
 
 class SequenceTeacher(FrozenModel):

@@ -3,20 +3,15 @@ body), saved as a Hub model."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from amalgam.errors import StudentError
+from amalgam.errors import PublishError, StudentError
 from amalgam.students.heads import Head, check_heads
 from amalgam.teachers.preprocess import ImageSpec
-
-if TYPE_CHECKING:
-    import os
-
-    from amalgam.publish import PublishResult
 
 MIN_INPUT_SIZE = 32  # timm's small CNNs downsample by 32; smaller inputs vanish
 
@@ -146,51 +141,18 @@ class Student(
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        config: dict | None = None,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        branch: str | None = None,
-        create_pr: bool | None = None,
-        allow_patterns: list[str] | str | None = None,
-        ignore_patterns: list[str] | str | None = None,
-        delete_patterns: list[str] | str | None = None,
-        model_card_kwargs: dict[str, Any] | None = None,
-        run_dir: str | os.PathLike | None = None,
-        demo: bool = False,
-        timm_export: bool = False,
-        space_id: str | None = None,
-    ) -> PublishResult:
-        """Publish this student as Hub model ``repo_id`` with amalgam's model card (and, with ``demo``, a Space).
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> None:
+        """Refused: the mixin's upload would publish the weights without amalgam's model card and checks.
 
-        Takes the mixin's arguments; ``run_dir`` (the run this student came from) fills the card with its
-        teachers, method, data and results, and ``model_card_kwargs`` may set the card's ``license``. The repo's
-        main branch is made to hold exactly the published files, so ``branch``, ``create_pr`` and the
-        ``*_patterns`` arguments are refused. See :func:`amalgam.publish.push_run` for the rest.
+        Publish with :func:`amalgam.publish.push_student` (or ``amalgam push RUN_DIR``), which writes the card
+        from the run, validates ``repo_id`` and can add the demo Space:
 
-        Example:
-            >>> student.push_to_hub("my-org/digits-student", run_dir="runs/mine", demo=True)  # doctest: +SKIP
+            >>> from amalgam.publish import push_student
+            >>> push_student(student, "my-org/digits-student", run_dir="runs/mine", demo=True)  # doctest: +SKIP
         """
-        from amalgam.errors import PublishError
-        from amalgam.publish import push_student
-        from amalgam.publish.card import DEFAULT_LICENSE
-        from amalgam.publish.push import DEFAULT_COMMIT_MESSAGE
-
-        refused = {"branch": branch, "create_pr": create_pr, "allow_patterns": allow_patterns,
-                   "ignore_patterns": ignore_patterns, "delete_patterns": delete_patterns}
-        refused = sorted(name for name, value in refused.items() if value)
-        card = dict(model_card_kwargs or {})
-        license = card.pop("license", DEFAULT_LICENSE)
-        if refused or card:
-            raise PublishError(f"Student.push_to_hub does not take {', '.join(refused + sorted(card))}: it "
-                               "publishes the student, its card and its Space to the repos' main branch as a whole")
-        return push_student(self, repo_id, run_dir=run_dir, token=token, private=bool(private), demo=demo,
-                            timm_export=timm_export, space_id=space_id, license=license, config=config,
-                            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE)
+        raise PublishError(f"Student.push_to_hub({repo_id!r}) would upload the weights without amalgam's model card; "
+                           "publish with amalgam.publish.push_student(student, repo_id, run_dir=...) or "
+                           "`amalgam push RUN_DIR REPO_ID` instead")
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> "Student":

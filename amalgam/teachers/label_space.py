@@ -137,6 +137,14 @@ class LabelSpace:
                 return j
         return None
 
+    def map_classes(self, names: Sequence[str]) -> list[int]:
+        """Union index of each of a data set's class ``names``, -1 for a class no teacher knows.
+
+        >>> LabelSpace.union([["cat", "dog"]]).map_classes(["dog", "bird"])
+        [1, -1]
+        """
+        return [-1 if (j := self.index_of(name)) is None else j for name in names]
+
     def index_tensor(self, teacher: int, device: torch.device | str | None = None) -> torch.Tensor:
         """``idx_k`` as a LongTensor."""
         return torch.tensor(self.teacher_indices[teacher], dtype=torch.long, device=device)

@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 from amalgam.data import ImageData, load_digits
+from amalgam.paths import amalgam_home
 from amalgam.zoo.teachers import train_teacher
 
 ZOO_VERSION = "v1"
 DIGITS_LOW = [str(d) for d in range(5)]
 DIGITS_HIGH = [str(d) for d in range(5, 10)]
-
-
-def amalgam_home() -> Path:
-    return Path(os.environ.get("AMALGAM_HOME", Path.home() / ".cache" / "amalgam")).expanduser()
 
 
 @dataclass(frozen=True)

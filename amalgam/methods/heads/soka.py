@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import kd_loss
-from amalgam.methods.features import LayerPairs, adapter, common_map
-from amalgam.methods.members import member_head_names
+from amalgam.methods.base import Batch, Method, Needs, Options, Setup, StepInputs, StudentForward
+from amalgam.methods.losses import kd_loss
+from amalgam.methods.features.layers import LayerPairs, adapter, common_map
+from amalgam.methods.heads.members import member_head_names, step_with_module_taps
 from amalgam.methods.registry import register_method
 from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
+from amalgam.teachers.teacher import Teacher
 
 SHARED = "model"  # the student's body: its pooled feature feeds every head
 
@@ -80,53 +81,62 @@ class SelfCoordinatedAmalgamation(Method):
              "Amalgamation for Multi-talent Student Learning. ECCV 2020")
     summary = "One head per teacher's task on a shared body; task weights balanced by GradNorm; fused features."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 4.0,
-        collaboration_weight: float = 0.05,
-        feature_weight: float = 1.0,
-        alpha: float = 1.5,
-        warmup_steps: int = 50,
-        main_task: int = 0,
-    ) -> None:
-        super().__init__(label_space, teachers)
-        if temperature <= 0 or collaboration_weight < 0 or feature_weight < 0 or warmup_steps < 0 \
-                or not 0 <= main_task < len(teachers):
-            raise MethodError(f"soka: need temperature > 0, collaboration_weight, feature_weight, warmup_steps >= 0 "
-                              f"and main_task in 0..{len(teachers) - 1}; got {temperature}, {collaboration_weight}, "
-                              f"{feature_weight}, {warmup_steps}, {main_task}")
-        self.temperature, self.alpha = float(temperature), float(alpha)
-        self.collaboration_weight, self.feature_weight = float(collaboration_weight), float(feature_weight)
-        self.warmup_steps, self.main_task = int(warmup_steps), int(main_task)
+    @dataclass
+    class Options(Options):
+        """``temperature``: ``tau``; ``collaboration_weight``: the body's share of the task gradient;
+        ``feature_weight``: the fusion term's weight; ``alpha``: GradNorm's asymmetry; ``warmup_steps``: steps
+        with fixed task weights; ``main_task``: the teacher whose head the student serves."""
+
+        temperature: float = 4.0
+        collaboration_weight: float = 0.05
+        feature_weight: float = 1.0
+        alpha: float = 1.5
+        warmup_steps: int = 50
+        main_task: int = 0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0 and min(self.collaboration_weight, self.feature_weight,
+                                                      self.warmup_steps) >= 0,
+                         f"need temperature > 0 and collaboration_weight, feature_weight, warmup_steps >= 0; got "
+                         f"{self.temperature}, {self.collaboration_weight}, {self.feature_weight}, "
+                         f"{self.warmup_steps}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        if not 0 <= o.main_task < len(teachers):
+            raise MethodError(f"{self.name}: main_task must be in 0..{len(teachers) - 1}, got {o.main_task}")
+        self.temperature, self.alpha = float(o.temperature), float(o.alpha)
+        self.collaboration_weight, self.feature_weight = float(o.collaboration_weight), float(o.feature_weight)
+        self.warmup_steps, self.main_task = int(o.warmup_steps), int(o.main_task)
         self.head_names = member_head_names(self.teacher_names)
         self.task_classes = [tuple(t.class_names) for t in teachers]
         self.task_weights = nn.Parameter(torch.full((len(teachers),), 1.0 / len(teachers)))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("initial_losses", torch.full((len(teachers),), float("nan")))
         self.layers = LayerPairs(self.name, teachers, 1)
-        self.flows = nn.ModuleList()  # Q_t, built by attach()
-        self.fusion = nn.Parameter(torch.empty(0))  # Omega, T x C x H x W, built by attach()
+        self.flows = nn.ModuleList()  # Q_t, built by setup()
+        self.fusion = nn.Parameter(torch.empty(0))  # Omega, T x C x H x W, built by setup()
 
-    def student_heads(self) -> list[Head]:
-        return [Head(name, classes) for name, classes in zip(self.head_names, self.task_classes)]
+    def needs(self) -> Needs:
+        features = self.layers.needs() if self.feature_weight > 0 else Needs()  # F_s and each F_t
+        return replace(features, heads=tuple(Head(name, classes) for name, classes in zip(self.head_names,
+                                                                                      self.task_classes)),
+                       serve=self.head_names[self.main_task])
 
-    def student_serve(self) -> str:
-        return self.head_names[self.main_task]
-
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher if self.feature_weight > 0 else [[] for _ in range(self.num_teachers)]
-
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return [SHARED] + (self.layers.student_taps(student) if self.feature_weight > 0 else [])
-
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def setup(self, ctx: Setup) -> None:
         if self.feature_weight > 0:
-            student_map = student_features[self.layers.student[0]]
+            self.layers.student = list(ctx.student_stages)
+            student_map = ctx.student_features[self.layers.student[0]]
             self.flows = nn.ModuleList(adapter(common_map(out.features[taps[0]]).shape[1], student_map.shape[1])
-                                       for out, taps in zip(teacher_outputs, self.layers.teacher))
+                                       for out, taps in zip(ctx.teacher_outputs, self.layers.teacher))
             self.fusion = nn.Parameter(torch.rand(self.num_teachers, *student_map.shape[1:]))
+
+    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
+        """The default step, with the shared body's pooled feature (not a stage: the output of ``SHARED``)."""
+        return step_with_module_taps(self, batch, student, [SHARED])
 
     @torch.no_grad()
     def normalized_weights(self) -> torch.Tensor:
@@ -135,7 +145,7 @@ class SelfCoordinatedAmalgamation(Method):
         self.task_weights.div_(self.task_weights.sum().clamp_min(1e-12))
         return self.task_weights.detach().clone()
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
         weights = self.normalized_weights()
         shared = step.student_features[SHARED]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from amalgam.errors import MethodError
 from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy
-from amalgam.methods.members import PerTeacherHeads
+from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.methods.heads.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
@@ -47,26 +47,32 @@ class Hydra(PerTeacherHeads):
              "Preserving Ensemble Diversity for Model Distillation. arXiv 2001.04694, 2020")
     summary = "One student head per teacher on a shared body: the ensemble's accuracy and its uncertainty."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 4.0,
-        phase_one_share: float = 0.5,
-        init_noise_std: float = 0.0,
-        head_hidden: int = 0,
-        label_weight: float = 1.0,
-    ) -> None:
-        super().__init__(label_space, teachers, head_hidden)
-        if temperature <= 0 or not 0.0 <= phase_one_share <= 1.0 or init_noise_std < 0:
-            raise MethodError(
-                "hydra: temperature must be positive, phase_one_share in [0, 1] and init_noise_std >= 0; got "
-                f"{temperature}, {phase_one_share}, {init_noise_std}"
-            )
-        self.temperature = float(temperature)
-        self.phase_one_share = float(phase_one_share)
-        self.init_noise_std = float(init_noise_std)
-        self.label_weight = float(label_weight)
+    @dataclass
+    class Options(PerTeacherHeads.Options):
+        """``temperature``: ``tau``; ``phase_one_share``: the share of the epochs spent on the first head
+        alone; ``init_noise_std``: the noise on the copies of the first head; ``label_weight``: the labeled
+        cross-entropy's weight (see the class)."""
+
+        temperature: float = 4.0
+        phase_one_share: float = 0.5
+        init_noise_std: float = 0.0
+        label_weight: float = 1.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+            self.require(0.0 <= self.phase_one_share <= 1.0,
+                         f"phase_one_share must be in [0, 1], got {self.phase_one_share}")
+            self.require(self.init_noise_std >= 0, f"init_noise_std must be >= 0, got {self.init_noise_std}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.temperature = float(o.temperature)
+        self.phase_one_share = float(o.phase_one_share)
+        self.init_noise_std = float(o.init_noise_std)
+        self.label_weight = float(o.label_weight)
         self.epoch = 0  # the epoch in progress (start_epoch), 0 before training
         self.phase_one_epochs = 0
 
@@ -89,7 +95,7 @@ class Hydra(PerTeacherHeads):
                     target.copy_(source + self.init_noise_std * torch.randn_like(source))
         return {"phase": float(self.phase)}
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
         targets = self.member_targets([out.logits for out in step.teacher_outputs], self.temperature)
         if self.phase == 1:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import LabeledSet, StepInputs
-from amalgam.methods.blocks import kd_loss, least_entropy_teacher, masked_cross_entropy, normalized_distance
-from amalgam.methods.features import LayerPairs, attention_map
+from amalgam.methods.base import Needs, Setup, StepInputs
+from amalgam.methods.losses import kd_loss, least_entropy_teacher, masked_cross_entropy, normalized_distance
+from amalgam.methods.features.layers import LayerOptions, LayerPairs, attention_map
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import SoftTargets
+from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
-
-EXPERTS = ("least-entropy", "mean")
-
 
 def fresh_copy(model: nn.Module) -> nn.Module:
     """``model``'s architecture with newly initialised weights (every module's ``reset_parameters``)."""
@@ -70,7 +68,7 @@ class AttentionTransfer(SoftTargets):
         expert: ``"least-entropy"`` or ``"mean"`` (see above).
         normalize_entropy: divide each teacher's entropy by ``log C_k`` when choosing the expert.
         feature_layers: how many depths to transfer (the deepest included).
-        student_layers, teacher_layers: explicit module paths (student) and taps (one list per teacher) instead.
+        student_layers, teacher_layers: explicit stage indices (student) and taps (one list per teacher) instead.
         scratch_teacher: add CTKD's scratch teacher.
         scratch_weight: ``alpha``, weight of the student's distillation from it.
         temperature, weights, soft_weight, label_weight, target: as for ``soft-targets``.
@@ -81,57 +79,52 @@ class AttentionTransfer(SoftTargets):
              "arXiv 1907.09643")
     summary = "The student's spatial attention learns the expert teacher's at paired depths, plus soft targets."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        beta: float = 5.0,
-        expert: str = "least-entropy",
-        normalize_entropy: bool = False,
-        feature_layers: int = 3,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-        scratch_teacher: bool = False,
-        scratch_weight: float = 1.0,
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, weights, soft_weight, label_weight, target)
-        if expert not in EXPERTS:
-            raise MethodError(f"attention-transfer: expert must be one of {EXPERTS}, got {expert!r}")
-        if beta < 0 or scratch_weight < 0:
-            raise MethodError(f"attention-transfer: beta and scratch_weight must be non-negative, got {beta}, "
-                              f"{scratch_weight}")
-        self.beta, self.expert = float(beta), expert
-        self.normalize_entropy = bool(normalize_entropy)
-        self.layers = LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
-        self.use_scratch, self.scratch_weight = bool(scratch_teacher), float(scratch_weight)
-        self.scratch: nn.Module | None = None  # built from the student in student_taps()
+    @dataclass
+    class Options(LayerOptions, SoftTargets.Options):
+        """``beta``, ``expert``, ``normalize_entropy``, ``scratch_teacher``, ``scratch_weight``: see the class;
+        the layers as in :class:`LayerOptions` (three depths by default)."""
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher
+        beta: float = 5.0
+        expert: Literal["least-entropy", "mean"] = "least-entropy"
+        normalize_entropy: bool = False
+        feature_layers: int = 3
+        scratch_teacher: bool = False
+        scratch_weight: float = 1.0
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        # the engine shows the method the student here, before it collects the parameters to optimise
-        if self.use_scratch and self.scratch is None:
-            self.scratch = fresh_copy(student)
-        return self.layers.student_taps(student)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.beta >= 0 and self.scratch_weight >= 0,
+                         f"beta and scratch_weight must be non-negative, got {self.beta}, {self.scratch_weight}")
 
-    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
-        if self.use_scratch and labeled is None:
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.beta, self.expert = float(o.beta), o.expert
+        self.normalize_entropy = bool(o.normalize_entropy)
+        self.layers = LayerPairs(self.name, teachers, o.feature_layers, o.student_layers, o.teacher_layers)
+        self.use_scratch, self.scratch_weight = bool(o.scratch_teacher), float(o.scratch_weight)
+        self.scratch: nn.Module | None = None  # built from the student in setup()
+
+    def needs(self) -> Needs:
+        return replace(self.layers.needs(), labels=self.use_scratch)
+
+    def setup(self, ctx: Setup) -> None:
+        if self.use_scratch and ctx.labeled is None:
             raise MethodError("attention-transfer: the scratch teacher learns from labels only; give the run a "
                               "labeled fraction or set scratch_teacher=False")
+        # first: the scratch copy's initialisation takes the random numbers it took before anything else
+        if self.use_scratch and self.scratch is None:
+            self.scratch = fresh_copy(ctx.student)
+        self.layers.student = list(ctx.student_stages)
 
     def attention_term(self, step: StepInputs) -> torch.Tensor:
         """``sum_j`` mean over samples of the normalised L2 distance to the expert's attention, before ``beta``."""
         chosen = (least_entropy_teacher([out.logits for out in step.teacher_outputs], self.normalize_entropy)
                   if self.expert == "least-entropy" else None)
         total = step.student_logits.new_zeros(())
-        for j, tap in enumerate(self.layers.student):
-            q_s = attention_map(step.student_features[tap])
+        for j, stage in enumerate(self.layers.student):
+            q_s = attention_map(step.student_features[stage])
             distances = torch.stack([
                 normalized_distance(q_s, attention_map(out.features[self.layers.teacher[k][j]], q_s.shape[-2:]))
                 for k, out in enumerate(step.teacher_outputs)
@@ -143,15 +136,15 @@ class AttentionTransfer(SoftTargets):
     def scratch_terms(self, step: StepInputs) -> dict[str, torch.Tensor]:
         """The student's distillation from the scratch teacher (no gradient to it) and its own cross-entropy."""
         if self.scratch is None or step.images is None:
-            raise MethodError("attention-transfer: the scratch teacher needs the student (student_taps()) and the "
+            raise MethodError("attention-transfer: the scratch teacher needs the student (setup()) and the "
                               "batch's images")
         scratch_logits = self.scratch(step.images)
         target = (scratch_logits.detach().float() / self.temperature).softmax(dim=-1)
         return {"scratch_kd": self.scratch_weight * kd_loss(step.student_logits, target, self.temperature),
                 "scratch_labels": masked_cross_entropy(scratch_logits, step.labels)}
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        losses = super().forward(step)
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        losses = super().loss(step)
         losses["attention"] = self.beta * self.attention_term(step)
         if self.use_scratch:
             losses.update(self.scratch_terms(step))

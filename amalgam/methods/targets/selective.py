@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import least_entropy_teacher
-from amalgam.methods.features import LayerPairs, adapter, as_map, common_map, unit_norm_penalty
+from amalgam.methods.base import Needs, Setup, StepInputs
+from amalgam.methods.losses import least_entropy_teacher
+from amalgam.methods.features.layers import (LayerOptions, LayerPairs, adapter, as_map, common_map,
+                                             unit_norm_penalty)
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import WeightedTargets
+from amalgam.methods.targets.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
+from amalgam.teachers.teacher import Teacher
 
 
 @register_method
@@ -28,7 +29,7 @@ class SelectiveLearning(WeightedTargets):
     teacher for each sample). Entropy is computed at temperature 1 over each teacher's own classes.
 
     Feature alignment (§4's FAM, on with ``feature_weight > 0``): at ``feature_layers`` depths paired
-    automatically (stage outputs at relative depths, :mod:`amalgam.methods.features`), a 1x1 convolution per
+    automatically (stage outputs at relative depths, :mod:`amalgam.methods.features.layers`), a 1x1 convolution per
     teacher and one for the student map both into a common width, and the student's aligned feature learns the
     selected teacher's: ``feature_weight * sum_b MSE(FAM_T[k*](F_k*), FAM_S(F_s)) + norm_weight * R`` with §4's
     unit-norm regulariser ``R`` on the teacher-side filters. Inferred or ours: the common width is half the
@@ -41,7 +42,7 @@ class SelectiveLearning(WeightedTargets):
             the paper), so teachers with more classes are not penalised for them.
         feature_weight: weight of the feature alignment (0: output level only, the default; see the benchmark).
         feature_layers: how many depths to align (the deepest included).
-        student_layers, teacher_layers: explicit module paths (student) and taps (per teacher) instead.
+        student_layers, teacher_layers: explicit stage indices (student) and taps (per teacher) instead.
         norm_weight: weight of the regulariser ``R``.
         temperature, soft_weight, label_weight, target: as for ``soft-targets``.
     """
@@ -51,54 +52,49 @@ class SelectiveLearning(WeightedTargets):
              "Adaptive Knowledge Amalgamation. ICCV 2019")
     summary = "Per sample, distil only the teacher with the least prediction entropy."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        normalize_entropy: bool = False,
-        feature_weight: float = 0.0,
-        feature_layers: int = 2,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-        norm_weight: float = 1.0,
-        temperature: float = 4.0,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
-        self.normalize_entropy = bool(normalize_entropy)
-        self.feature_weight, self.norm_weight = float(feature_weight), float(norm_weight)
+    @dataclass
+    class Options(LayerOptions, WeightedTargets.Options):
+        """``normalize_entropy``, ``feature_weight``, ``norm_weight`` and the layers' options (see the class)."""
+
+        normalize_entropy: bool = False
+        feature_weight: float = 0.0
+        feature_layers: int = 2
+        norm_weight: float = 1.0
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.normalize_entropy = bool(o.normalize_entropy)
+        self.feature_weight, self.norm_weight = float(o.feature_weight), float(o.norm_weight)
         # layers are paired only when the alignment is on: models without stages can still select teachers
-        self.layers = (LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
+        self.layers = (LayerPairs(self.name, teachers, o.feature_layers, o.student_layers, o.teacher_layers)
                        if self.feature_weight > 0 else None)
-        self.student_fams = nn.ModuleList()  # built by attach() from the probed shapes
+        self.student_fams = nn.ModuleList()  # built by setup() from the probed shapes
         self.teacher_fams = nn.ModuleList()
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher if self.layers else super().teacher_taps()
+    def needs(self) -> Needs:
+        return self.layers.needs() if self.layers else Needs()
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return self.layers.student_taps(student) if self.layers else []
-
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def setup(self, ctx: Setup) -> None:
         """Build the FAMs for the widths seen on the probe batch."""
         if self.layers is None:
             return
-        widths = [as_map(student_features[tap]).shape[1] for tap in self.layers.student]
+        self.layers.student = list(ctx.student_stages)
+        widths = [as_map(ctx.student_features[j]).shape[1] for j in self.layers.student]
         common = [max(1, w // 2) for w in widths]
         self.student_fams = nn.ModuleList(adapter(w, c) for w, c in zip(widths, common))
         self.teacher_fams = nn.ModuleList(
             nn.ModuleList(adapter(as_map(out.features[tap]).shape[1], c) for tap, c in zip(taps, common))
-            for out, taps in zip(teacher_outputs, self.layers.teacher)
+            for out, taps in zip(ctx.teacher_outputs, self.layers.teacher)
         )
 
     def feature_alignment(self, step: StepInputs, chosen: torch.Tensor) -> torch.Tensor:
         """``sum_b`` mean over samples of the MSE between the student's aligned feature and its selected
         teacher's, plus ``norm_weight * R``."""
         total = step.student_logits.new_zeros(())
-        for b, tap in enumerate(self.layers.student):
-            student = self.student_fams[b](as_map(step.student_features[tap]))
+        for b, j in enumerate(self.layers.student):
+            student = self.student_fams[b](as_map(step.student_features[j]))
             per_teacher = []
             for k, out in enumerate(step.teacher_outputs):
                 teacher = self.teacher_fams[k][b](common_map(out.features[self.layers.teacher[k][b]],
@@ -108,11 +104,11 @@ class SelectiveLearning(WeightedTargets):
         penalty = unit_norm_penalty([fam.weight for fams in self.teacher_fams for fam in fams])
         return self.feature_weight * total + self.norm_weight * penalty
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        losses = super().forward(step)
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        losses = super().loss(step)
         if self.layers is not None:
             if not len(self.student_fams):
-                raise MethodError("selective-learning: feature alignment needs attach() (the engine calls it)")
+                raise MethodError("selective-learning: feature alignment needs setup() (the engine calls it)")
             chosen = least_entropy_teacher([out.logits for out in step.teacher_outputs], self.normalize_entropy)
             losses["features"] = self.feature_alignment(step, chosen)
         return losses

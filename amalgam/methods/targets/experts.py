@@ -3,19 +3,46 @@ student still is behind it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import LabeledSet, Method, StepInputs
-from amalgam.methods.blocks import curriculum_weight, masked_cross_entropy, self_paced_weight, teacher_kd_terms
+from amalgam.methods.base import LabeledSet, Method, Needs, Options, Setup, StepInputs
+from amalgam.methods.losses import masked_cross_entropy, teacher_kd_terms
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
-CURRICULUM_MODES = ("loss", "logits")
+
+def self_paced_weight(teacher_accuracy: float, student_accuracy: float, theta: float = 0.3) -> float:
+    """LFME's self-paced expert weight (shared/METHODS.md §10f).
+
+    1 while the student is below ``theta`` of the expert's accuracy ``A``; then ``(A - a) / (A (1 - theta))``,
+    down to 0 when the student matches the expert.
+
+    >>> [self_paced_weight(1.0, a) for a in (0.2, 0.65, 1.0)]
+    [1.0, 0.5, 0.0]
+    """
+    if teacher_accuracy <= 0 or student_accuracy < theta * teacher_accuracy:
+        return 1.0
+    return max(0.0, (teacher_accuracy - student_accuracy) / (teacher_accuracy * (1.0 - theta)))
+
+
+def curriculum_weight(initial: torch.Tensor, epoch: int, epochs: int, clamp: bool = True) -> torch.Tensor:
+    """LFME's curriculum instance weight ``v(e) = v(0) + (1 - v(0)) e / (E / 2)`` (§10f), epochs from 0.
+
+    The official code does not clamp, so weights exceed 1 after half the run; ``clamp`` (default) stops at 1.
+
+    >>> curriculum_weight(torch.tensor([0.5]), epoch=1, epochs=4)
+    tensor([0.7500])
+    >>> curriculum_weight(torch.tensor([0.5]), epoch=4, epochs=4, clamp=False)
+    tensor([1.5000])
+    """
+    weight = initial + (1.0 - initial) * epoch / (epochs / 2.0)
+    return weight.clamp(max=1.0) if clamp else weight
 
 
 def accuracy_on_classes(predictions: torch.Tensor, labels: torch.Tensor, known: torch.Tensor) -> float | None:
@@ -53,7 +80,7 @@ class SelfPacedExperts(Method):
     the student's distribution over each teacher's classes learns that teacher's (no ``T^2`` factor, as in the
     official code). The expert weight ``w_k`` is self-paced: with ``A_k`` the teacher's accuracy on the labeled
     samples of its classes and ``a_k`` the student's after each epoch, ``w_k = 1`` while ``a_k < theta A_k``, then
-    falls linearly to 0 as the student catches up (:func:`~amalgam.methods.blocks.self_paced_weight`). The
+    falls linearly to 0 as the student catches up (:func:`self_paced_weight`). The
     labeled fraction plays the paper's validation set.
 
     Curriculum instance weights ``v_i(e) = v_i(0) + (1 - v_i(0)) e / (E / 2)`` multiply either each sample's loss
@@ -79,32 +106,36 @@ class SelfPacedExperts(Method):
     paper = ("Xiang, Ding, Han. Learning From Multiple Experts: Self-paced Knowledge Distillation for Long-tailed "
              "Classification. ECCV 2020")
     summary = "Each teacher is an expert on its classes; its weight fades as the student catches up with it."
-    requires_labels = True
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 2.0,
-        theta: float = 0.3,
-        distill_weight: float = 1.0,
-        label_weight: float = 1.0,
-        curriculum_floor: float = 1.0,
-        curriculum: str = "loss",
-        validation_share: float = 0.5,
-    ) -> None:
-        super().__init__(label_space, teachers)
-        if temperature <= 0 or not 0 <= theta < 1:
-            raise MethodError(f"lfme: needs temperature > 0 and 0 <= theta < 1, got {temperature}, {theta}")
-        if not 0 < curriculum_floor <= 1 or curriculum not in CURRICULUM_MODES:
-            raise MethodError(f"lfme: curriculum_floor must be in (0, 1] and curriculum one of {CURRICULUM_MODES}, "
-                              f"got {curriculum_floor}, {curriculum!r}")
-        self.temperature, self.theta = float(temperature), float(theta)
-        self.distill_weight, self.label_weight = float(distill_weight), float(label_weight)
-        self.curriculum_floor, self.curriculum = float(curriculum_floor), curriculum
-        if not 0 <= validation_share < 1:
-            raise MethodError(f"lfme: validation_share must be in [0, 1), got {validation_share}")
-        self.validation_share = float(validation_share)
+    @dataclass
+    class Options(Options):
+        """As in the class's Args."""
+
+        temperature: float = 2.0
+        theta: float = 0.3
+        distill_weight: float = 1.0
+        label_weight: float = 1.0
+        curriculum_floor: float = 1.0
+        curriculum: Literal["loss", "logits"] = "loss"
+        validation_share: float = 0.5
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0 and 0 <= self.theta < 1,
+                         f"needs temperature > 0 and 0 <= theta < 1, got {self.temperature}, {self.theta}")
+            self.require(0 < self.curriculum_floor <= 1,
+                         f"curriculum_floor must be in (0, 1], got {self.curriculum_floor}")
+            self.require(0 <= self.validation_share < 1,
+                         f"validation_share must be in [0, 1), got {self.validation_share}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.temperature, self.theta = float(o.temperature), float(o.theta)
+        self.distill_weight, self.label_weight = float(o.distill_weight), float(o.label_weight)
+        self.curriculum_floor, self.curriculum = float(o.curriculum_floor), o.curriculum
+        self.validation_share = float(o.validation_share)
         self.register_buffer("held_out", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("membership", label_space.membership().bool(), persistent=False)
         self.register_buffer("expert_weights", torch.ones(self.num_teachers))  # saved: a resumed run keeps them
@@ -112,8 +143,12 @@ class SelfPacedExperts(Method):
         self.validation: LabeledSet | None = None
         self.epoch, self.epochs = 0, 1
 
-    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
+    def needs(self) -> Needs:
+        return Needs(labels=True)
+
+    def setup(self, ctx: Setup) -> None:
         """Measure each expert on the labeled samples of its classes (``A_k``) and keep them for the student's."""
+        labeled = ctx.labeled
         if labeled is None:
             raise MethodError("lfme measures teachers and student on labels: give the run a labeled_fraction > 0")
         rows = held_out_rows(labeled.labels, self.validation_share)
@@ -151,7 +186,7 @@ class SelfPacedExperts(Method):
             record[f"expert_weight/{name}"] = float(self.expert_weights[k])
         return record
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
         student, weights = step.student_logits, None
         if self.curriculum_floor < 1:

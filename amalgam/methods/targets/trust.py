@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import LabeledSet
+from amalgam.methods.base import Needs, Setup
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import WeightedTargets
+from amalgam.methods.targets.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.preprocess import ImageSpec
 from amalgam.teachers.teacher import Teacher
 
-TRUST_INPUTS = ("outputs", "input")
-TRUST_NORMS = ("softmax", "sigmoid")
 INPUT_SIDE = 32  # the input-trust CNN sees images at this size
 
 
@@ -47,25 +46,26 @@ class InputTrust(nn.Module):
         return self.net(F.interpolate(images.float(), size=(INPUT_SIDE, INPUT_SIDE), mode="bilinear"))
 
 
-class SequenceTrust(nn.Module):
-    """Trust logits from the series itself: an LSTM, as in the SKA code's TTL."""
+# The trust model that reads the raw input, by the kind of the teachers' input spec: (channels, teachers) -> model.
+# Kinds of input defined above this package (sequences) register theirs with register_input_trust.
+_INPUT_TRUST: dict[type, Callable[[int, int], nn.Module]] = {ImageSpec: InputTrust}
 
-    def __init__(self, channels: int, num_teachers: int) -> None:
-        super().__init__()
-        from amalgam.sequences.models import LSTMClassifier
 
-        self.net = LSTMClassifier(channels, num_teachers, hidden=32, layers=1)
-
-    def forward(self, series: torch.Tensor, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.net(series)
+def register_input_trust(spec_type: type, build: Callable[[int, int], nn.Module]) -> None:
+    """Make ``trust_input="input"`` work for teachers whose ``input_spec`` is a ``spec_type``: ``build(channels,
+    num_teachers)`` returns a module ``(inputs, teacher_logits) -> B x K`` trust logits."""
+    _INPUT_TRUST[spec_type] = build
 
 
 def input_trust(teachers: Sequence[Teacher], num_teachers: int) -> nn.Module:
-    """The trust model that reads the raw input: a CNN for images, an LSTM for series (by the teachers' input)."""
+    """The trust model that reads the raw input (a CNN for images; an LSTM for series, registered by
+    :mod:`amalgam.sequences`), chosen by the kind of the teachers' input."""
     spec = teachers[0].input_spec
-    if isinstance(spec, ImageSpec):
-        return InputTrust(spec.channels, num_teachers)
-    return SequenceTrust(spec.channels, num_teachers)
+    for kind, build in _INPUT_TRUST.items():
+        if isinstance(spec, kind):
+            return build(spec.channels, num_teachers)
+    raise MethodError(f"trust-learner: no trust model reads inputs of kind {type(spec).__name__}; use "
+                      "trust_input='outputs'")
 
 
 def trust_weights(trust_logits: torch.Tensor, norm: str) -> torch.Tensor:
@@ -106,7 +106,7 @@ class TeacherTrustLearner(WeightedTargets):
     - ``trust_norm``: the official ``softmax(sigmoid)`` keeps every weight within about [0.27, 0.73] for two
       teachers; normalised sigmoids are sharper, better with three overlapping teachers (0.864 vs 0.851) and
       equal on the split, worse on digits (0.789 vs 0.814): the default stays the official one.
-    - ``student_feedback`` (ours, off by default): see :class:`~amalgam.methods.soft_targets.WeightedTargets`.
+    - ``student_feedback`` (ours, off by default): see :class:`~amalgam.methods.targets.soft_targets.WeightedTargets`.
       With a trust model it did not help on Fashion-MNIST (0.845 vs 0.850 split, 0.853 vs 0.854 overlap).
     - Trust training: Adam, lr 0.01, gradient-norm clip 5 as in the code; ``trust_epochs`` (default 200) full
       passes in batches of 64 instead of the code's 500 epochs in batches of 8. No test-set model selection.
@@ -119,36 +119,36 @@ class TeacherTrustLearner(WeightedTargets):
     paper = ("Thadajarassiri, Hartvigsen, Kong, Rundensteiner. Semi-Supervised Knowledge Amalgamation for "
              "Sequence Classification. AAAI 2021")
     summary = "A trust model fitted on the labeled fraction weights each teacher per sample (SKA's TTL)."
-    requires_labels = True
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        trust_input: str = "outputs",
-        trust_norm: str = "softmax",
-        trust_epochs: int = 200,
-        trust_lr: float = 0.01,
-        temperature: float = 4.0,
-        soft_weight: float = 1.0,
-        label_weight: float = 0.0,
-        target: str = "soft",
-        student_feedback: float = 0.0,
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target, student_feedback)
-        if trust_input not in TRUST_INPUTS:
-            raise MethodError(f"trust-learner: trust_input must be one of {TRUST_INPUTS}, got {trust_input!r}")
-        if trust_norm not in TRUST_NORMS:
-            raise MethodError(f"trust-learner: trust_norm must be one of {TRUST_NORMS}, got {trust_norm!r}")
-        self.trust_norm = trust_norm
-        self.trust_epochs = int(trust_epochs)
-        self.trust_lr = float(trust_lr)
+    @dataclass
+    class Options(WeightedTargets.Options):
+        """``trust_input``: what the trust model reads, the teachers' probabilities (``"outputs"``) or the raw
+        input (``"input"``); ``trust_norm``: ``"softmax"`` (official) or ``"sigmoid"``; ``trust_epochs`` and
+        ``trust_lr``: the trust model's training. ``label_weight`` defaults to 0 here."""
+
+        trust_input: Literal["outputs", "input"] = "outputs"
+        trust_norm: Literal["softmax", "sigmoid"] = "softmax"
+        trust_epochs: int = 200
+        trust_lr: float = 0.01
+        label_weight: float = 0.0
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.trust_norm = o.trust_norm
+        self.trust_epochs = int(o.trust_epochs)
+        self.trust_lr = float(o.trust_lr)
         widths = [len(t.class_names) for t in teachers]
-        self.trust = OutputTrust(widths) if trust_input == "outputs" else input_trust(teachers, len(widths))
+        self.trust = OutputTrust(widths) if o.trust_input == "outputs" else input_trust(teachers, len(widths))
         self.fitted = False
 
-    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
+    def needs(self) -> Needs:
+        return Needs(labels=True)
+
+    def setup(self, ctx: Setup) -> None:
         """Fit the trust model on the labeled fraction, then freeze it."""
+        labeled = ctx.labeled
         if labeled is None:
             raise MethodError("trust-learner fits its trust model on labels: give the run a labeled_fraction > 0")
         device = self.membership.device

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.features import LayerPairs, adapter, as_map, common_map
+from amalgam.methods.base import Batch, Needs, Setup, StepInputs, StudentForward
+from amalgam.methods.features.layers import LayerOptions, LayerPairs, adapter, as_map, common_map
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import SoftTargets
+from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
@@ -69,10 +70,10 @@ class KnowledgeFlow(SoftTargets):
         ``soft-targets' terms + lambda_1(t) * sum_j sum_i p_ij^2``
 
     where ``lambda_1`` rises linearly from 0 in the first epoch to ``dependency_max`` at ``ramp`` of the run and
-    stays there, driving the teacher weights to 0. The engine enters :meth:`student_output_transform` around
-    the student's forward in training steps only, so evaluation, the saved student and every later use run the
-    student alone (``p_s`` taken as 1, §9's "set to 1"). ``end_epoch`` logs ``teacher_weight`` (mean ``p_i``
-    over layers and teachers), ``student_weight`` (mean ``p_s``) and ``dependency_weight`` (``lambda_1``).
+    stays there, driving the teacher weights to 0. The mixing happens in :meth:`step`, around the student's
+    forward in training steps only, so evaluation, the saved student and every later use run the student alone
+    (``p_s`` taken as 1, §9's "set to 1"). ``end_epoch`` logs ``teacher_weight`` (mean ``p_i`` over layers and
+    teachers), ``student_weight`` (mean ``p_s``) and ``dependency_weight`` (``lambda_1``).
 
     Provenance: the abstract and a third-party summary only (§9); everything above is the spec's inferred
     formalisation, with ``Q`` as 1x1 convolutions and the task loss the union-space soft targets plus CE on the
@@ -100,7 +101,7 @@ class KnowledgeFlow(SoftTargets):
         student_init: the student's initial logit in ``omega`` (the teachers' are 0).
         omega_scale: the factor on ``omega``'s steps (see above).
         feature_layers: how many student layers receive teachers' features (the deepest included).
-        student_layers, teacher_layers: explicit module paths (student) and taps (one list per teacher) instead.
+        student_layers, teacher_layers: explicit stage indices (student) and taps (one list per teacher) instead.
         temperature, weights, soft_weight, label_weight, target: as for ``soft-targets``.
     """
 
@@ -108,52 +109,51 @@ class KnowledgeFlow(SoftTargets):
     paper = "Liu, Peng, Schwing. Knowledge Flow: Improve Upon Your Teachers. ICLR 2019"
     summary = "Teachers' features are mixed into the student's layers while it trains, with weights annealed to 0."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        dependency_max: float = 10.0,
-        ramp: float = 0.5,
-        student_init: float = -2.0,
-        omega_scale: float = 100.0,
-        feature_layers: int = 2,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, weights, soft_weight, label_weight, target)
-        if dependency_max < 0 or not 0 < ramp <= 1 or omega_scale <= 0:
-            raise MethodError(f"knowledge-flow: need dependency_max >= 0, 0 < ramp <= 1 and omega_scale > 0, got "
-                              f"{dependency_max}, {ramp}, {omega_scale}")
-        self.dependency_max, self.ramp, self.omega_scale = float(dependency_max), float(ramp), float(omega_scale)
+    @dataclass
+    class Options(LayerOptions, SoftTargets.Options):
+        """``dependency_max``, ``ramp``, ``student_init``, ``omega_scale``: see the class; the layers as in
+        :class:`LayerOptions` (two depths by default)."""
+
+        dependency_max: float = 10.0
+        ramp: float = 0.5
+        student_init: float = -2.0
+        omega_scale: float = 100.0
+        feature_layers: int = 2
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.dependency_max >= 0 and 0 < self.ramp <= 1 and self.omega_scale > 0,
+                         f"need dependency_max >= 0, 0 < ramp <= 1 and omega_scale > 0, got {self.dependency_max}, "
+                         f"{self.ramp}, {self.omega_scale}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.dependency_max, self.ramp, self.omega_scale = float(o.dependency_max), float(o.ramp), float(o.omega_scale)
         self.dependency = 0.0  # lambda_1 of the current epoch (start_epoch)
-        self.layers = LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
-        initial = torch.tensor([float(student_init)] + [0.0] * self.num_teachers).repeat(self.layers.count, 1)
+        self.layers = LayerPairs(self.name, teachers, o.feature_layers, o.student_layers, o.teacher_layers)
+        initial = torch.tensor([float(o.student_init)] + [0.0] * self.num_teachers).repeat(self.layers.count, 1)
         self.omega = nn.Parameter(initial / self.omega_scale)  # J x (K + 1), stored scaled (see above)
-        self.flows = nn.ModuleList()  # Q_ij, built by attach() from the probed widths
+        self.flows = nn.ModuleList()  # Q_ij, built by setup() from the probed widths
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher
+    def needs(self) -> Needs:
+        return self.layers.needs()
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return self.layers.student_taps(student)
-
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def setup(self, ctx: Setup) -> None:
         """One ``Q_ij`` per layer and teacher, for the widths seen on the probe batch."""
+        self.layers.student = list(ctx.student_stages)
         widths = []
-        for tap in self.layers.student:
-            if student_features[tap].ndim != 4:
-                raise MethodError(f"knowledge-flow: student layer {tap!r} gives a feature of shape "
-                                  f"{tuple(student_features[tap].shape)}; teachers' features can only be added to "
+        for stage in self.layers.student:
+            feature = ctx.student_features[stage]
+            if feature.ndim != 4:
+                raise MethodError(f"knowledge-flow: student stage {stage} gives a feature of shape "
+                                  f"{tuple(feature.shape)}; teachers' features can only be added to "
                                   "B x C x H x W maps")
-            widths.append(student_features[tap].shape[1])
+            widths.append(feature.shape[1])
         self.flows = nn.ModuleList(
             nn.ModuleList(adapter(as_map(out.features[taps[j]]).shape[1], width)
-                          for out, taps in zip(teacher_outputs, self.layers.teacher))
+                          for out, taps in zip(ctx.teacher_outputs, self.layers.teacher))
             for j, width in enumerate(widths)
         )
 
@@ -171,10 +171,11 @@ class KnowledgeFlow(SoftTargets):
         return {"teacher_weight": float(p[:, 1:].mean()), "student_weight": float(p[:, 0].mean()),
                 "dependency_weight": self.dependency}
 
-    def student_output_transform(self, student: nn.Module, teacher_outputs: Sequence[TeacherOutput]):
-        """Each chosen layer's output mixed with the teachers' transformed features, during the training step."""
+    def mixed_outputs(self, stage_modules: Sequence[nn.Module], teacher_outputs: Sequence[TeacherOutput]):
+        """A context in which each chosen stage's output (``stage_modules``, in the order of
+        ``layers.student``) is mixed with the teachers' transformed features."""
         if not len(self.flows):
-            raise MethodError("knowledge-flow: the Q transforms are built by attach() (the engine calls it)")
+            raise MethodError("knowledge-flow: the Q transforms are built by setup() (the engine calls it)")
 
         def mixer(j: int) -> Callable[[torch.Tensor], torch.Tensor]:
             def mix(own: torch.Tensor) -> torch.Tensor:
@@ -186,10 +187,16 @@ class KnowledgeFlow(SoftTargets):
 
             return mix
 
-        modules = [student.get_submodule(path) for path in self.layers.student]
-        return replaced_outputs(modules, [mixer(j) for j in range(len(modules))])
+        return replaced_outputs(stage_modules, [mixer(j) for j in range(len(stage_modules))])
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        losses = super().forward(step)
+    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
+        """The student's forward with the teachers' features mixed into its chosen stages, then :meth:`loss`."""
+        with self.mixed_outputs(student.stage_modules, batch.teacher_outputs):
+            logits, features = student(batch.images)
+        return self.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, batch.images, features,
+                                    batch.indices))
+
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        losses = super().loss(step)
         losses["dependency"] = self.dependency * dependency_penalty(self.flow_weights())
         return losses

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
+from amalgam.methods.base import Needs, StepInputs
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import SoftTargets
+from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
@@ -92,30 +93,41 @@ class StochasticTeachers(SoftTargets):
         survival: ``p_L``, the deepest block's survival probability.
         alpha: the distillation term's share; ``1 - alpha`` goes to the labels.
         blocks: explicit module paths per teacher (``[]`` keeps a teacher whole).
-        temperature, weights: as for ``soft-targets``.
+        temperature, weights, target, student_feedback: as for ``soft-targets``. ``soft_weight`` and
+            ``label_weight`` are not options here: they are ``alpha`` and ``1 - alpha`` (setting them is an error).
     """
 
-    runs_teachers = True
     name = "stochastic-teachers"
     paper = ("Nguyen, Lee, Shim. Stochasticity and Skip Connections Improve Knowledge Transfer. ICLR 2020 "
              "submission")
     summary = "Each batch distils sub-networks of the teachers with random residual blocks skipped."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        survival: float = 0.5,
-        alpha: float = 0.9,
-        blocks: Sequence[Sequence[str]] | None = None,
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-    ) -> None:
-        if not 0.0 < survival <= 1.0 or not 0.0 <= alpha <= 1.0:
-            raise MethodError(f"stochastic-teachers: survival must be in (0, 1] and alpha in [0, 1], got "
-                              f"{survival}, {alpha}")
-        super().__init__(label_space, teachers, temperature, weights, soft_weight=alpha, label_weight=1.0 - alpha)
-        self.survival = float(survival)
+    @dataclass
+    class Options(SoftTargets.Options):
+        """``survival``: ``p_L``; ``alpha``: the distillation term's share (it sets ``soft_weight = alpha`` and
+        ``label_weight = 1 - alpha``, which must stay at their defaults); ``blocks``: explicit module paths per
+        teacher."""
+
+        survival: float = 0.5
+        alpha: float = 0.9
+        blocks: Sequence[Sequence[str]] | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(0.0 < self.survival <= 1.0 and 0.0 <= self.alpha <= 1.0,
+                         f"survival must be in (0, 1] and alpha in [0, 1], got {self.survival}, {self.alpha}")
+            defaults = SoftTargets.Options()
+            self.require(self.soft_weight == defaults.soft_weight and self.label_weight == defaults.label_weight,
+                         "soft_weight and label_weight are alpha and 1 - alpha here: set alpha instead, got "
+                         f"soft_weight={self.soft_weight}, label_weight={self.label_weight}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.soft_weight, self.label_weight = float(o.alpha), float(1.0 - o.alpha)
+        self.survival = float(o.survival)
+        blocks = o.blocks
         self.teachers = tuple(teachers)  # a tuple: run live, never saved or optimised with the method
         if blocks is not None and len(blocks) != len(teachers):
             raise MethodError(f"stochastic-teachers: blocks needs one list per teacher ({len(teachers)}), got "
@@ -139,10 +151,13 @@ class StochasticTeachers(SoftTargets):
             chosen.append([p for p, k in zip(paths, keep.tolist()) if not k])
         return chosen
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def needs(self) -> Needs:
+        return Needs(teacher_signals="live")
+
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         outputs = []
         for teacher, skip in zip(self.teachers, self.sample_skipped()):
             with skipped(teacher.model, skip):
                 outputs.append(teacher(step.images))
-        return super().forward(StepInputs(step.student_logits, outputs, step.labels, step.images,
-                                          step.student_features, step.indices))
+        return super().loss(StepInputs(step.student_logits, outputs, step.labels, step.images,
+                                       step.student_features, step.indices))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import LabeledSet
+from amalgam.methods.base import Needs, Setup
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import WeightedTargets
+from amalgam.methods.targets.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
-
-SCORES = ("max-prob", "energy")
 
 
 def confidence_scores(teacher_logits: Sequence[torch.Tensor], score: str) -> torch.Tensor:
@@ -45,7 +44,7 @@ class CalibratedConfidence(WeightedTargets):
         score: ``"max-prob"`` (default: the more robust of the two on the Fashion-MNIST settings) or ``"energy"``.
         sharpness: softmax temperature over the standardised scores (smaller: closer to picking one teacher).
         temperature, soft_weight, label_weight, target: as for ``trust-learner``.
-        student_feedback: see :class:`~amalgam.methods.soft_targets.WeightedTargets`. Recommended here: with
+        student_feedback: see :class:`~amalgam.methods.targets.soft_targets.WeightedTargets`. Recommended here: with
             ``0.5`` the students of the Fashion-MNIST benchmark reached 0.773 (split) and 0.813 (three
             overlapping teachers) against 0.768 and 0.783 without (3 seeds, bench/results/quality-fmnist-*.md).
     """
@@ -53,31 +52,34 @@ class CalibratedConfidence(WeightedTargets):
     name = "confidence-trust"
     paper = "amalgam's zero-label mode (confidence as an in-distribution score: Hendrycks & Gimpel, ICLR 2017)"
     summary = "No labels needed: trust each teacher by its confidence, standardised over the unlabeled data."
-    label_free = True
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        score: str = "max-prob",
-        sharpness: float = 1.0,
-        temperature: float = 4.0,
-        soft_weight: float = 1.0,
-        label_weight: float = 0.0,
-        target: str = "soft",
-        student_feedback: float = 0.0,
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target, student_feedback)
-        if score not in SCORES or sharpness <= 0:
-            raise MethodError(f"confidence-trust: score must be one of {SCORES} and sharpness > 0, got {score!r}, "
-                              f"{sharpness}")
-        self.score, self.sharpness = score, float(sharpness)
+    @dataclass
+    class Options(WeightedTargets.Options):
+        """``score``: ``"max-prob"`` or ``"energy"``; ``sharpness``: the softmax temperature over the standardised
+        scores. ``label_weight`` defaults to 0 here."""
+
+        score: Literal["max-prob", "energy"] = "max-prob"
+        sharpness: float = 1.0
+        label_weight: float = 0.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.sharpness > 0, f"sharpness must be positive, got {self.sharpness}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        self.score, self.sharpness = self.options.score, float(self.options.sharpness)
         self.register_buffer("score_mean", torch.zeros(self.num_teachers))
         self.register_buffer("score_std", torch.ones(self.num_teachers))
         self.calibrated = False
 
-    def prepare(self, labeled: LabeledSet | None, transfer_logits: Sequence[torch.Tensor] | None = None) -> None:
+    def needs(self) -> Needs:
+        return Needs(label_free=True)
+
+    def setup(self, ctx: Setup) -> None:
         """Standardise each teacher's score over the whole transfer set (no labels used)."""
+        transfer_logits = ctx.transfer_logits
         if transfer_logits is None:
             raise MethodError("confidence-trust calibrates on the teachers' outputs over the transfer set: run it "
                               "with cache_teachers=True")

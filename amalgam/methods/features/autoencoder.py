@@ -3,21 +3,20 @@ student's feature learns."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import feature_reconstruction
-from amalgam.methods.features import LayerPairs, adapter, as_map, common_map
+from amalgam.methods.base import Needs, Setup, StepInputs
+from amalgam.methods.losses import feature_reconstruction
+from amalgam.methods.features.layers import LayerOptions, LayerPairs, adapter, as_map, common_map
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import SoftTargets
+from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
-
-SCHEDULES = ("end-to-end", "progressive")
+from amalgam.teachers.teacher import Teacher
 
 
 class FeatureAutoencoder(nn.Module):
@@ -76,7 +75,7 @@ class AutoencoderAmalgamation(SoftTargets):
 
     Args:
         feature_layers: how many depths to amalgamate (the deepest included).
-        student_layers, teacher_layers: explicit module paths (student) and taps (one list per teacher).
+        student_layers, teacher_layers: explicit stage indices (student) and taps (one list per teacher).
         schedule: ``"end-to-end"`` or ``"progressive"``.
         student_adapter: learn the code through a 1x1 convolution of the student's feature (True) or directly.
         code_weight: ``w_2``, weight of the student's code regression.
@@ -88,51 +87,46 @@ class AutoencoderAmalgamation(SoftTargets):
     name = "autoencoder-amalgamation"
     paper = ("Shen, Wang, Song, Sun, Song. Amalgamating Knowledge towards Comprehensive Classification. "
              "AAAI 2019")
-    summary = "Per layer, the teachers' concatenated features are auto-encoded to the student's width; the student learns the code."
+    summary = ("Per layer, the teachers' concatenated features are auto-encoded to the student's width; the student "
+               "learns the code.")
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        feature_layers: int = 3,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-        schedule: str = "end-to-end",
-        student_adapter: bool = True,
-        code_weight: float = 1.0,
-        reconstruction_weight: float = 1.0,
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, weights, soft_weight, label_weight, target)
-        if schedule not in SCHEDULES:
-            raise MethodError(f"autoencoder-amalgamation: schedule must be one of {SCHEDULES}, got {schedule!r}")
-        self.schedule = schedule
-        self.student_adapter = bool(student_adapter)
-        self.code_weight, self.reconstruction_weight = float(code_weight), float(reconstruction_weight)
-        self.layers = LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
-        self.autoencoders = nn.ModuleList()  # one FeatureAutoencoder per depth, built by attach()
+    @dataclass
+    class Options(LayerOptions, SoftTargets.Options):
+        """``schedule``, ``student_adapter``, ``code_weight``, ``reconstruction_weight``: see the class; the
+        layers as in :class:`LayerOptions` (three depths by default)."""
+
+        feature_layers: int = 3
+        schedule: Literal["end-to-end", "progressive"] = "end-to-end"
+        student_adapter: bool = True
+        code_weight: float = 1.0
+        reconstruction_weight: float = 1.0
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.schedule = o.schedule
+        self.student_adapter = bool(o.student_adapter)
+        self.code_weight, self.reconstruction_weight = float(o.code_weight), float(o.reconstruction_weight)
+        self.layers = LayerPairs(self.name, teachers, o.feature_layers, o.student_layers, o.teacher_layers)
+        self.autoencoders = nn.ModuleList()  # one FeatureAutoencoder per depth, built by setup()
         self.active_layers = self.layers.count  # depths 0 .. active_layers - 1 learn their code
         self.output_active = True
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher
+    def needs(self) -> Needs:
+        return self.layers.needs()
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return self.layers.student_taps(student)
-
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def setup(self, ctx: Setup) -> None:
         """Build one autoencoder per depth: teachers' widths in, the student's width as the code."""
+        self.layers.student = list(ctx.student_stages)
         self.autoencoders = nn.ModuleList(
             FeatureAutoencoder(
-                [as_map(out.features[taps[b]]).shape[1] for out, taps in zip(teacher_outputs, self.layers.teacher)],
-                as_map(student_features[tap]).shape[1],
+                [as_map(out.features[taps[b]]).shape[1]
+                 for out, taps in zip(ctx.teacher_outputs, self.layers.teacher)],
+                as_map(ctx.student_features[stage]).shape[1],
                 self.student_adapter,
             )
-            for b, tap in enumerate(self.layers.student)
+            for b, stage in enumerate(self.layers.student)
         )
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
@@ -146,8 +140,8 @@ class AutoencoderAmalgamation(SoftTargets):
     def layer_terms(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum over active depths of MSE(fam(F^s_b), sg[A_b]), sum over all depths of the reconstruction)``."""
         code_loss = reconstruction = step.student_logits.new_zeros(())
-        for b, (tap, autoencoder) in enumerate(zip(self.layers.student, self.autoencoders)):
-            student_map = as_map(step.student_features[tap])
+        for b, (stage, autoencoder) in enumerate(zip(self.layers.student, self.autoencoders)):
+            student_map = as_map(step.student_features[stage])
             teacher_maps = [common_map(out.features[self.layers.teacher[k][b]], student_map.shape[-2:])
                             for k, out in enumerate(step.teacher_outputs)]
             code, rebuilt = autoencoder(teacher_maps)
@@ -157,11 +151,11 @@ class AutoencoderAmalgamation(SoftTargets):
                                                                code.detach())
         return code_loss, reconstruction
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         if not len(self.autoencoders):
-            raise MethodError("autoencoder-amalgamation: the autoencoders are built by attach() (the engine calls it)")
+            raise MethodError("autoencoder-amalgamation: the autoencoders are built by setup() (the engine calls it)")
         if self.output_active:
-            losses = super().forward(step)
+            losses = super().loss(step)
         else:  # progressive schedule, before the output layer's turn: logged as 0
             losses = {"soft": step.student_logits.new_zeros(())}
         code_loss, reconstruction = self.layer_terms(step)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import normalized_distance
-from amalgam.methods.features import LayerPairs, as_map, common_map
+from amalgam.methods.base import Needs, Setup, StepInputs
+from amalgam.methods.losses import normalized_distance
+from amalgam.methods.features.layers import LayerOptions, LayerPairs, as_map, common_map
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import SoftTargets
+from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
+from amalgam.teachers.teacher import Teacher
 
 
 class Translator(nn.Sequential):
@@ -63,7 +64,7 @@ class FEED(SoftTargets):
     Args:
         beta: weight of the feature term.
         feature_layers: how many depths to use (the deepest included; FEED uses the last block only).
-        student_layers, teacher_layers: explicit module paths (student) and taps (one list per teacher) instead
+        student_layers, teacher_layers: explicit stage indices (student) and taps (one list per teacher) instead
             of the automatic pairing by relative depth.
         temperature, weights, soft_weight, label_weight, target: as for ``soft-targets``.
     """
@@ -72,56 +73,51 @@ class FEED(SoftTargets):
     paper = "Park, Kwak. FEED: Feature-level Ensemble for Knowledge Distillation. ECAI 2020"
     summary = "Per-teacher translators turn the student's last feature into each teacher's, plus soft targets."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        beta: float = 0.25,
-        feature_layers: int = 1,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, weights, soft_weight, label_weight, target)
-        if beta < 0:
-            raise MethodError(f"feed: beta must be non-negative, got {beta}")
-        self.beta = float(beta)
-        self.layers = LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
-        self.translators = nn.ModuleList()  # [depth][teacher], built by attach()
+    @dataclass
+    class Options(LayerOptions, SoftTargets.Options):
+        """``beta``: the feature term's weight; the layers as in :class:`LayerOptions` (one depth by default)."""
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher
+        beta: float = 0.25
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return self.layers.student_taps(student)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.beta >= 0, f"beta must be non-negative, got {self.beta}")
 
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.beta = float(o.beta)
+        self.layers = LayerPairs(self.name, teachers, o.feature_layers, o.student_layers, o.teacher_layers)
+        self.translators = nn.ModuleList()  # [depth][teacher], built by setup()
+
+    def needs(self) -> Needs:
+        return self.layers.needs()
+
+    def setup(self, ctx: Setup) -> None:
         """Build one translator per depth and teacher for the widths seen on the probe batch."""
+        self.layers.student = list(ctx.student_stages)
         self.translators = nn.ModuleList(
             nn.ModuleList(
-                Translator(as_map(student_features[tap]).shape[1], as_map(out.features[taps[b]]).shape[1])
-                for out, taps in zip(teacher_outputs, self.layers.teacher)
+                Translator(as_map(ctx.student_features[stage]).shape[1], as_map(out.features[taps[b]]).shape[1])
+                for out, taps in zip(ctx.teacher_outputs, self.layers.teacher)
             )
-            for b, tap in enumerate(self.layers.student)
+            for b, stage in enumerate(self.layers.student)
         )
 
     def feature_term(self, step: StepInputs) -> torch.Tensor:
         """``sum_b sum_k`` mean over samples of the normalised L1 distance, before ``beta``."""
         total = step.student_logits.new_zeros(())
-        for b, (tap, translators) in enumerate(zip(self.layers.student, self.translators)):
-            student_map = as_map(step.student_features[tap])
+        for b, (stage, translators) in enumerate(zip(self.layers.student, self.translators)):
+            student_map = as_map(step.student_features[stage])
             for k, out in enumerate(step.teacher_outputs):
                 teacher_map = common_map(out.features[self.layers.teacher[k][b]], student_map.shape[-2:])
                 total = total + normalized_distance(translators[k](student_map), teacher_map, p=1).mean()
         return total
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         if not len(self.translators):
-            raise MethodError("feed: the translators are built by attach() (the engine calls it)")
-        losses = super().forward(step)
+            raise MethodError("feed: the translators are built by setup() (the engine calls it)")
+        losses = super().loss(step)
         losses["feed"] = self.beta * self.feature_term(step)
         return losses

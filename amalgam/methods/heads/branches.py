@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import feature_reconstruction, kd_loss, masked_cross_entropy
-from amalgam.methods.features import LayerPairs, feature_vector
-from amalgam.methods.members import PerTeacherHeads
+from amalgam.methods.base import Batch, Needs, Setup, StepInputs, StudentForward
+from amalgam.methods.losses import feature_reconstruction, kd_loss, masked_cross_entropy
+from amalgam.methods.features.layers import LayerPairs, feature_vector
+from amalgam.methods.heads.members import PerTeacherHeads, step_with_module_taps
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
+from amalgam.teachers.teacher import Teacher
 
 
 @register_method
@@ -49,52 +49,71 @@ class MultiBranch(PerTeacherHeads):
              "ECAI 2020")
     summary = "A student branch per teacher on a shared body; each learns its teacher, their ensemble the labels."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 4.0,
-        kd_weight: float = 1.0,
-        feature_weight: float = 1.0,
-        label_weight: float = 1.0,
-        branch_width: int = 128,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-    ) -> None:
-        super().__init__(label_space, teachers, head_hidden=branch_width)
-        if temperature <= 0 or branch_width < 1 or min(kd_weight, feature_weight, label_weight) < 0:
-            raise MethodError(f"multi-branch: temperature and branch_width must be positive and the weights >= 0, "
-                              f"got {temperature}, {branch_width}, {kd_weight}, {feature_weight}, {label_weight}")
-        self.temperature = float(temperature)
-        self.kd_weight, self.feature_weight, self.label_weight = float(kd_weight), float(feature_weight), \
-            float(label_weight)
-        self.layers = LayerPairs(self.name, teachers, 1, None, teacher_layers)  # the teachers' last stage
-        self.adapters = nn.ModuleList()  # a_b, built by attach()
+    @dataclass
+    class Options(PerTeacherHeads.Options):
+        """``temperature``: ``tau``; ``kd_weight``, ``feature_weight``, ``label_weight``: the terms' weights;
+        ``branch_width``: each branch's hidden width (its feature ``f_b``); ``teacher_layers``: one tap per
+        teacher for ``F_b``. The inherited ``head_hidden`` is unused: the branches' hidden width is
+        ``branch_width``."""
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher if self.feature_weight > 0 else [[] for _ in range(self.num_teachers)]
+        temperature: float = 4.0
+        kd_weight: float = 1.0
+        feature_weight: float = 1.0
+        label_weight: float = 1.0
+        branch_width: int = 128
+        teacher_layers: Sequence[Sequence[str]] | None = None
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        # the output of each branch's hidden layer (Linear, ReLU, Linear: index 1)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0 and self.branch_width >= 1
+                         and min(self.kd_weight, self.feature_weight, self.label_weight) >= 0,
+                         f"temperature and branch_width must be positive and the weights >= 0, got "
+                         f"{self.temperature}, {self.branch_width}, {self.kd_weight}, {self.feature_weight}, "
+                         f"{self.label_weight}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.head_hidden = int(o.branch_width)
+        self.temperature = float(o.temperature)
+        self.kd_weight, self.feature_weight, self.label_weight = float(o.kd_weight), float(o.feature_weight), \
+            float(o.label_weight)
+        self.layers = LayerPairs(self.name, teachers, 1, teacher_layers=o.teacher_layers)  # the teachers' last stage
+        self.adapters = nn.ModuleList()  # a_b, built by setup()
+
+    def branch_taps(self) -> list[str]:
+        """The student's modules whose outputs are the branches' features ``f_b``: each branch's hidden layer
+        (Linear, ReLU, Linear: index 1); none without the feature term."""
         return [f"heads.{name}.1" for name in self.head_names] if self.feature_weight > 0 else []
 
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def needs(self) -> Needs:
+        if self.feature_weight <= 0:
+            return super().needs()
+        return replace(super().needs(), teacher_taps=tuple(tuple(t) for t in self.layers.teacher))
+
+    def setup(self, ctx: Setup) -> None:
         """``a_b``: from the branch width to teacher ``b``'s feature width, as seen on the probe batch."""
         if self.feature_weight > 0:
             self.adapters = nn.ModuleList(
                 nn.Linear(self.head_hidden, feature_vector(out.features[taps[0]], "mean").shape[1])
-                for out, taps in zip(teacher_outputs, self.layers.teacher))
+                for out, taps in zip(ctx.teacher_outputs, self.layers.teacher))
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
+        """The default step, with the branches' features ``f_b`` (no student stages: parts of its heads)."""
+        return step_with_module_taps(self, batch, student, self.branch_taps())
+
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
         branches = [heads[name] for name in self.head_names]
         targets = self.member_targets([out.logits for out in step.teacher_outputs], self.temperature)
         losses = {"soft": self.kd_weight * sum(kd_loss(z, p, self.temperature) for z, p in zip(branches, targets))}
         if self.feature_weight > 0:
             losses["features"] = self.feature_weight * sum(
-                feature_reconstruction(adapter(step.student_features[f"heads.{name}.1"]),
+                feature_reconstruction(adapter(step.student_features[branch]),
                                        feature_vector(out.features[taps[0]], "mean"))
-                for adapter, name, out, taps in zip(self.adapters, self.head_names, step.teacher_outputs,
-                                                    self.layers.teacher))
+                for adapter, branch, out, taps in zip(self.adapters, self.branch_taps(), step.teacher_outputs,
+                                                      self.layers.teacher))
         if self.label_weight > 0:
             mean_logits = torch.stack(branches).mean(dim=0)
             losses["labels"] = self.label_weight * (sum(masked_cross_entropy(z, step.labels) for z in branches)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import kd_loss, masked_cross_entropy
-from amalgam.methods.members import PerTeacherHeads
+from amalgam.methods.base import Batch, Needs, StepInputs, StudentForward
+from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.methods.heads.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
-
-PERTURBATIONS = ("ods", "conf-ods", "gaussian", "none")
 
 
 def ods_perturbation(images: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.Tensor], temperature: float,
@@ -64,32 +62,38 @@ class OutputDiversifiedSampling(PerTeacherHeads):
         head_hidden: width of a hidden layer in each member head (0: linear heads).
     """
 
-    runs_teachers = True
     name = "ods"
     paper = "Nam, Yoon, Lee, Lee. Diversity Matters When Learning From Ensembles. NeurIPS 2021"
     summary = "Per-teacher student heads distilled on inputs perturbed where the teachers disagree (ODS)."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        step_size: float = 1.0 / 255.0,
-        perturbation: str = "ods",
-        head_hidden: int = 0,
-    ) -> None:
-        super().__init__(label_space, teachers, head_hidden)
-        if perturbation not in PERTURBATIONS:
-            raise MethodError(f"ods: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
-        if temperature <= 0 or not 0.0 <= alpha <= 1.0 or step_size < 0:
-            raise MethodError(f"ods: need temperature > 0, alpha in [0, 1] and step_size >= 0; got {temperature}, "
-                              f"{alpha}, {step_size}")
-        self.temperature, self.alpha, self.step_size = float(temperature), float(alpha), float(step_size)
-        self.perturbation = perturbation
+    @dataclass
+    class Options(PerTeacherHeads.Options):
+        """``temperature``: ``tau``; ``alpha``: the KD term's share; ``step_size``: ``eta``; ``perturbation``:
+        how the batch is moved (see the class)."""
+
+        temperature: float = 4.0
+        alpha: float = 0.9
+        step_size: float = 1.0 / 255.0
+        perturbation: Literal["ods", "conf-ods", "gaussian", "none"] = "ods"
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0 and 0.0 <= self.alpha <= 1.0 and self.step_size >= 0,
+                         f"need temperature > 0, alpha in [0, 1] and step_size >= 0; got {self.temperature}, "
+                         f"{self.alpha}, {self.step_size}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.temperature, self.alpha, self.step_size = float(o.temperature), float(o.alpha), float(o.step_size)
+        self.perturbation = o.perturbation
         self.teachers = tuple(teachers)  # a tuple: used live, never saved or optimised with the method
 
-    def training_inputs(self, images: torch.Tensor) -> torch.Tensor:
+    def needs(self) -> Needs:
+        return replace(super().needs(), teacher_signals="live")
+
+    def perturb(self, images: torch.Tensor) -> torch.Tensor:
         """The batch moved where a randomly drawn teacher's output changes (or by noise, or not at all)."""
         if self.perturbation == "none" or self.step_size == 0:
             return images
@@ -99,7 +103,15 @@ class OutputDiversifiedSampling(PerTeacherHeads):
         return ods_perturbation(images, teacher.differentiable_logits, self.temperature, self.step_size,
                                 confidence=self.perturbation == "conf-ods")
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
+        """The student's forward and the loss on the perturbed batch (:meth:`perturb`, in full precision even
+        when the step runs under mixed-precision autocast)."""
+        with torch.autocast(batch.images.device.type, enabled=False):
+            images = self.perturb(batch.images)
+        logits, features = student(images)
+        return self.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, images, features, batch.indices))
+
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
         teacher_logits = [teacher(step.images).logits for teacher in self.teachers]  # on the perturbed batch
         targets = self.member_targets(teacher_logits, self.temperature)

@@ -8,22 +8,19 @@ uncertain teacher (selective learning), learned trust (the teacher trust learner
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import (
-    kd_loss, masked_cross_entropy, membership_from_predictions, place_logits, place_probabilities,
-)
+from amalgam.methods.base import Method, Options, StepInputs
+from amalgam.methods.losses import kd_loss, masked_cross_entropy
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
+from amalgam.teachers.placement import membership_from_predictions, place_logits, place_probabilities
 from amalgam.teachers.teacher import Teacher
-
-TARGET_MODES = ("soft", "hard")
-
 
 class WeightedTargets(Method):
     """Base of the methods whose target is ``q = sum_k w_k(x) * softmax(z_k / tau)`` in the union space.
@@ -38,29 +35,34 @@ class WeightedTargets(Method):
     The student, which learns from all the unlabeled data, thus corrects the choice of teacher as it improves.
     """
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 4.0,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-        student_feedback: float = 0.0,
-    ) -> None:
-        super().__init__(label_space, teachers)
-        if not 0.0 <= student_feedback <= 1.0:
-            raise MethodError(f"{self.name}: student_feedback must be in [0, 1], got {student_feedback}")
-        self.student_feedback = float(student_feedback)
+    @dataclass
+    class Options(Options):
+        """``temperature``: ``tau``; ``soft_weight``: the distillation term's weight; ``label_weight``: the
+        cross-entropy's on labeled samples (used only when the run has labels); ``target``: ``"soft"``, or
+        ``"hard"`` for the argmax of the combined target; ``student_feedback``: see the class."""
+
+        temperature: float = 4.0
+        soft_weight: float = 1.0
+        label_weight: float = 1.0
+        target: Literal["soft", "hard"] = "soft"
+        student_feedback: float = 0.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+            self.require(0.0 <= self.student_feedback <= 1.0,
+                         f"student_feedback must be in [0, 1], got {self.student_feedback}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.student_feedback = float(o.student_feedback)
         self.feedback_share = 0.0
-        if temperature <= 0:
-            raise MethodError(f"{self.name}: temperature must be positive, got {temperature}")
-        if target not in TARGET_MODES:
-            raise MethodError(f"{self.name}: target must be one of {TARGET_MODES}, got {target!r}")
-        self.temperature = float(temperature)
-        self.soft_weight = float(soft_weight)
-        self.label_weight = float(label_weight)
-        self.target_mode = target
+        self.temperature = float(o.temperature)
+        self.soft_weight = float(o.soft_weight)
+        self.label_weight = float(o.label_weight)
+        self.target_mode = o.target
         self.register_buffer("membership", label_space.membership(), persistent=False)
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
@@ -89,7 +91,7 @@ class WeightedTargets(Method):
     def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         return self.target(teacher_logits, images)
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
         target = self.target(logits, step.images, student_logits=step.student_logits)
         weights = self.sample_weights(step, logits)
@@ -129,21 +131,20 @@ class SoftTargets(WeightedTargets):
     paper = "You, Xu, Xu, Tao. Learning from Multiple Teacher Networks. KDD 2017"
     summary = "Average the teachers' softened predictions over the union label space and distil them."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
+    @dataclass
+    class Options(WeightedTargets.Options):
+        """``weights``: one non-negative weight per teacher (normalised to sum 1), default equal."""
+
+        weights: Sequence[float] | None = None
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        weights = self.options.weights
         weights = [1.0] * self.num_teachers if weights is None else [float(w) for w in weights]
         if len(weights) != self.num_teachers or min(weights) < 0 or sum(weights) <= 0:
             raise MethodError(
-                f"soft-targets: weights needs {self.num_teachers} non-negative values (one per teacher) with a "
+                f"{self.name}: weights needs {self.num_teachers} non-negative values (one per teacher) with a "
                 f"positive sum, got {weights}"
             )
         self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
@@ -192,22 +193,17 @@ class TeacherSwitching(WeightedTargets):
     paper = ("Fukuda, Suzuki, Kurata, Thomas, Cui, Ramabhadran. Efficient Knowledge Distillation from an Ensemble "
              "of Teachers. Interspeech 2017")
     summary = "Each mini-batch distils one teacher, switching teachers from batch to batch."
-    ORDERS = ("round-robin", "random")
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        order: str = "round-robin",
-        temperature: float = 4.0,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
-        if order not in self.ORDERS:
-            raise MethodError(f"teacher-switching: order must be one of {self.ORDERS}, got {order!r}")
-        self.order = order
+    @dataclass
+    class Options(WeightedTargets.Options):
+        """``order``: ``"round-robin"`` or ``"random"``."""
+
+        order: Literal["round-robin", "random"] = "round-robin"
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        self.order = self.options.order
         self.batches_seen = 0
         self.generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**31)
 

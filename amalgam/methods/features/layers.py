@@ -1,14 +1,16 @@
 """Feature-level building blocks shared by methods: which layers to pair, features as maps, adapters.
 
 Layers are paired by relative depth so nobody lists layer pairs by hand: a method asks for ``n`` taps and gets
-the stage outputs at depths ``1/n, 2/n, ..., 1`` of each model (the deepest last), for the student (timm's
-``feature_info`` stages) and for each teacher (:meth:`Teacher.tap_names`). Explicit lists override it.
-Adapters are sized from one probe batch (:meth:`Method.attach`), so they fit whatever widths the models have.
+the stage outputs at depths ``1/n, 2/n, ..., 1`` of each model (the deepest last), for the student (its stages
+by index, :mod:`amalgam.students.stages`) and for each teacher (:meth:`Teacher.tap_names`). Explicit lists
+override it. Adapters are sized from one probe batch (:meth:`Method.setup`), so they fit whatever widths the
+models have.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -16,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from amalgam.errors import MethodError
+from amalgam.methods.base import Needs, Options
+from amalgam.students.stages import spread_indices
 
 if TYPE_CHECKING:
     from amalgam.teachers.teacher import Teacher
@@ -31,23 +35,20 @@ def spread_taps(names: Sequence[str], count: int) -> list[str]:
     """
     if not names:
         raise MethodError("the model has no stage taps to pair; name its layers explicitly")
-    return [names[max(0, math.ceil(len(names) * (i + 1) / count) - 1)] for i in range(count)]
+    return [names[i] for i in spread_indices(len(names), count)]
 
 
-def student_stage_taps(student: nn.Module) -> list[str]:
-    """Module paths of a student's stages, shallow to deep (timm's ``feature_info``).
-
-    >>> from amalgam.students import Student
-    >>> student_stage_taps(Student("test_efficientnet", class_names=["a", "b"]))[-2:]
-    ['model.blocks.3', 'model.blocks.4']
+@dataclass
+class LayerOptions(Options):
+    """The options of a method that pairs layers (:class:`LayerPairs`): ``feature_layers``: how many depths
+    (the deepest included); ``student_layers``: explicit stage indices of the student (negative counts from the
+    deepest) instead; ``teacher_layers``: explicit taps, one list per teacher. A method mixes this into its
+    options (``class Options(LayerOptions, SoftTargets.Options)``) and redeclares a field to change its default.
     """
-    model = getattr(student, "model", student)
-    prefix = "model." if model is not student else ""
-    info = getattr(model, "feature_info", None)
-    if not info:
-        raise MethodError(f"cannot find the stages of student {type(model).__name__}: it has no timm feature_info; "
-                          "name its layers explicitly (student_layers=[...])")
-    return [prefix + stage["module"] for stage in info]
+
+    feature_layers: int = 1
+    student_layers: Sequence[int] | None = None
+    teacher_layers: Sequence[Sequence[str]] | None = None
 
 
 def as_map(feature: torch.Tensor) -> torch.Tensor:
@@ -118,26 +119,20 @@ def feature_vector(feature: torch.Tensor, pool: str = "flatten") -> torch.Tensor
     raise MethodError(f"pool must be 'flatten' or 'mean', got {pool!r}")
 
 
-def _has_module(model: nn.Module, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
 class LayerPairs:
-    """Which layers a feature method amalgamates: at each of ``count`` depths, one student module and one tap
+    """Which layers a feature method amalgamates: at each of ``count`` depths, one student stage and one tap
     per teacher.
 
-    By default both sides are the stage outputs at relative depths ``1/count, ..., 1`` (:func:`spread_taps`
-    over :func:`student_stage_taps` and each :meth:`Teacher.tap_names`); ``student_layers`` (module paths)
-    and ``teacher_layers`` (one list of taps per teacher) override them. Wrong names fail early, with the
-    model's available taps in the message.
+    By default both sides are the stage outputs at relative depths ``1/count, ..., 1`` (the student's stages
+    spread by :func:`~amalgam.students.stages.resolve_stages`, each teacher's :meth:`Teacher.tap_names` by
+    :func:`spread_taps`); ``student_layers`` (stage indices) and ``teacher_layers`` (one list of taps per
+    teacher) override them. Wrong teacher taps fail here, with the model's available taps in the message; a
+    wrong student stage fails when the engine resolves :meth:`student_request`. ``student`` is the resolved
+    stage indices, which the method sets in its ``setup`` from ``ctx.student_stages``.
     """
 
     def __init__(self, method: str, teachers: Sequence["Teacher"], count: int,
-                 student_layers: Sequence[str] | None = None,
+                 student_layers: Sequence[int] | None = None,
                  teacher_layers: Sequence[Sequence[str]] | None = None) -> None:
         self.method = method
         # explicit lists fix the number of depths
@@ -158,22 +153,16 @@ class LayerPairs:
                                       f"{teacher.tap_names()} (any module path of "
                                       "teacher.tap_names(all_modules=True) also works)")
             self.teacher = [list(t) for t in teacher_layers]
-        self.student: list[str] | None = list(student_layers) if student_layers else None
+        self.explicit = tuple(int(i) for i in student_layers) if student_layers else None
+        self.student: list[int] = []
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        """The student's module paths (resolved from its stages on first use, checked when given)."""
-        if self.student is None:
-            self.student = spread_taps(student_stage_taps(student), self.count)
-            return self.student
-        unknown = [path for path in self.student if not _has_module(student, path)]
-        if unknown:
-            try:
-                available = student_stage_taps(student)
-            except MethodError:
-                available = [name for name, _ in student.named_modules() if name][:30]
-            raise MethodError(f"{self.method}: the student has no module(s) {unknown}; its stages are {available} "
-                              "(any path of student.named_modules() also works)")
-        return self.student
+    def student_request(self) -> tuple[int, ...] | int:
+        """The student's stages for :attr:`Needs.student_stages`: the explicit indices, else the count."""
+        return self.explicit if self.explicit is not None else self.count
+
+    def needs(self) -> Needs:
+        """What a method that reads these pairs needs: every teacher's taps and the student's stages."""
+        return Needs(teacher_taps=tuple(tuple(t) for t in self.teacher), student_stages=self.student_request())
 
 
 def attention_map(feature: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from amalgam.errors import MethodError
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import alignment_weights, masked_cross_entropy, mean_over_processes, teacher_kd_terms
+from amalgam.methods.base import Method, Needs, Options, StepInputs
+from amalgam.methods.losses import masked_cross_entropy, teacher_kd_terms
+from amalgam.parallel import mean_over_processes
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
-WEIGHTINGS = ("alignment", "uncertainty", "equal")
+
+def alignment_weights(path_gradients: Sequence[torch.Tensor], task_gradient: torch.Tensor) -> torch.Tensor | None:
+    """Weights of loss paths from how well each path's gradient agrees with the task's (§10g, inferred).
+
+    ``lambda_p ~ max(0, cos(g_p, g_task))``, normalised so the weights sum to the number of paths ``P``;
+    ``None`` when no path agrees (the caller keeps its previous weights).
+
+    >>> alignment_weights([torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])], torch.tensor([1.0, 1.0]))
+    tensor([2., 0.])
+    """
+    cosines = torch.stack([F.cosine_similarity(g.flatten(), task_gradient.flatten(), dim=0) for g in path_gradients])
+    agree = cosines.clamp(min=0.0)
+    if agree.sum() <= 0:
+        return None
+    return agree * len(path_gradients) / agree.sum()
 
 
 @register_method
@@ -41,27 +57,34 @@ class AdaptivePathWeights(Method):
     paper = ("Chennupati, Kamani, Cheng, Chen. Adaptive Distillation: Aggregating Knowledge from Multiple Paths for "
              "Efficient Distillation. BMVC 2021")
     summary = "One distillation path per teacher, weighted by how well its gradient agrees with the labels'."
-    requires_labels = True
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        weighting: str = "alignment",
-        temperature: float = 4.0,
-        momentum: float = 0.9,
-        label_weight: float = 1.0,
-    ) -> None:
-        super().__init__(label_space, teachers)
-        if weighting not in WEIGHTINGS:
-            raise MethodError(f"adaptive-weights: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if temperature <= 0 or not 0 <= momentum < 1:
-            raise MethodError(f"adaptive-weights: needs temperature > 0 and 0 <= momentum < 1, got {temperature}, "
-                              f"{momentum}")
-        self.weighting, self.temperature = weighting, float(temperature)
-        self.momentum, self.label_weight = float(momentum), float(label_weight)
+    @dataclass
+    class Options(Options):
+        """``weighting``: ``"alignment"``, ``"uncertainty"`` or ``"equal"`` (see the class); ``temperature``: the KD
+        terms' ``tau``; ``momentum``: of the alignment weights' moving average; ``label_weight``: of the
+        cross-entropy on labeled samples."""
+
+        weighting: Literal["alignment", "uncertainty", "equal"] = "alignment"
+        temperature: float = 4.0
+        momentum: float = 0.9
+        label_weight: float = 1.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.temperature > 0 and 0 <= self.momentum < 1,
+                         f"needs temperature > 0 and 0 <= momentum < 1, got {self.temperature}, {self.momentum}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.weighting, self.temperature = o.weighting, float(o.temperature)
+        self.momentum, self.label_weight = float(o.momentum), float(o.label_weight)
         self.register_buffer("path_weights", torch.ones(self.num_teachers))  # saved with checkpoints
-        self.log_sigma = nn.Parameter(torch.zeros(self.num_teachers)) if weighting == "uncertainty" else None
+        self.log_sigma = nn.Parameter(torch.zeros(self.num_teachers)) if o.weighting == "uncertainty" else None
+
+    def needs(self) -> Needs:
+        return Needs(labels=True)
 
     def update_alignment(self, student_logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor,
                          paths: Sequence[torch.Tensor]) -> None:
@@ -77,7 +100,7 @@ class AdaptivePathWeights(Method):
         new = mean_over_processes(new)
         self.path_weights.mul_(self.momentum).add_((1.0 - self.momentum) * new)
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
         paths = teacher_kd_terms(step.student_logits, logits, self.indices(), self.temperature)
         task = masked_cross_entropy(step.student_logits, step.labels)

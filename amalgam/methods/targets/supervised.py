@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from amalgam.methods.base import Method, StepInputs
-from amalgam.methods.blocks import masked_cross_entropy
+from amalgam.methods.base import Method, Needs, StepInputs
+from amalgam.methods.losses import masked_cross_entropy
 from amalgam.methods.registry import register_method
-from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher
 
 
 @register_method
@@ -24,10 +20,9 @@ class Supervised(Method):
     name = "supervised"
     paper = "Reference: no teachers, labels only"
     summary = "Train the student on the labeled fraction only (a reference, not amalgamation)."
-    uses_teachers = False
 
-    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher]) -> None:
-        super().__init__(label_space, teachers)
+    def needs(self) -> Needs:
+        return Needs(teacher_signals="none")
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         return {"labels": masked_cross_entropy(step.student_logits, step.labels)}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,13 +11,35 @@ from torch import nn
 from torch.func import functional_call
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import gradient_reversal
-from amalgam.methods.features import LayerPairs, adapter, as_map, common_map, feature_vector
+from amalgam.methods.base import Needs, Setup, StepInputs
+from amalgam.methods.features.layers import LayerOptions, LayerPairs, adapter, as_map, common_map, feature_vector
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import WeightedTargets
+from amalgam.methods.targets.soft_targets import WeightedTargets
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
+from amalgam.teachers.teacher import Teacher
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+def gradient_reversal(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``x`` unchanged, but the gradient flowing back through it multiplied by ``-scale`` (Ganin & Lempitsky's
+    gradient-reversal layer): a loss that a module after it minimises is maximised by everything before it, so
+    one optimizer step plays both sides of a min-max game.
+
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> gradient_reversal(x, 0.5).sum().backward()
+    >>> x.grad
+    tensor([-0.5000, -0.5000])
+    """
+    return _GradientReversal.apply(x, float(scale))
 
 ADVERSARIAL = ("non-saturating", "minimax")
 
@@ -110,7 +133,7 @@ class TwoTeacher(WeightedTargets):
         adversarial: ``"non-saturating"`` or ``"minimax"`` (gradient reversal).
         discriminator_width: hidden units of the discriminator.
         feature_layers: how many depths to hint (the deepest included).
-        student_layers: explicit student module paths; teacher_layers: explicit taps of the feature teacher.
+        student_layers: explicit student stage indices; teacher_layers: explicit taps of the feature teacher.
         temperature, soft_weight, label_weight, target: as for ``soft-targets`` (``soft_weight`` is ``beta``).
     """
 
@@ -118,61 +141,61 @@ class TwoTeacher(WeightedTargets):
     paper = "Chen, Su, Zhang. A Two-Teacher Framework for Knowledge Distillation. ISNN 2019"
     summary = "One teacher guides features (hint + discriminator), the others decisions (KD in the union space)."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        feature_teacher: int | str = 0,
-        decision_teachers: Sequence[int | str] | None = None,
-        hint_weight: float = 1.0,
-        adversarial_weight: float = 0.1,
-        adversarial: str = "non-saturating",
-        discriminator_width: int = 64,
-        feature_layers: int = 1,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[str] | None = None,
-        temperature: float = 4.0,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, soft_weight, label_weight, target)
-        if hint_weight < 0 or adversarial_weight < 0 or discriminator_width < 1:
-            raise MethodError(f"two-teacher: weights must be non-negative and discriminator_width >= 1, got "
-                              f"{hint_weight}, {adversarial_weight}, {discriminator_width}")
-        if adversarial not in ADVERSARIAL:
-            raise MethodError(f"two-teacher: adversarial must be one of {ADVERSARIAL}, got {adversarial!r}")
-        self.feature_teacher = _teacher_index(teachers, feature_teacher)
-        if decision_teachers is None:
+    @dataclass
+    class Options(LayerOptions, WeightedTargets.Options):
+        """``feature_teacher``, ``decision_teachers``, ``hint_weight``, ``adversarial_weight``, ``adversarial``,
+        ``discriminator_width``: see the class; the layers as in :class:`LayerOptions` (one depth by default),
+        except that ``teacher_layers`` is one list of taps, the feature teacher's."""
+
+        feature_teacher: int | str = 0
+        decision_teachers: Sequence[int | str] | None = None
+        hint_weight: float = 1.0
+        adversarial_weight: float = 0.1
+        adversarial: Literal["non-saturating", "minimax"] = "non-saturating"
+        discriminator_width: int = 64
+        teacher_layers: Sequence[str] | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.hint_weight >= 0 and self.adversarial_weight >= 0 and self.discriminator_width >= 1,
+                         f"weights must be non-negative and discriminator_width >= 1, got {self.hint_weight}, "
+                         f"{self.adversarial_weight}, {self.discriminator_width}")
+
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.feature_teacher = _teacher_index(teachers, o.feature_teacher)
+        if o.decision_teachers is None:
             decision = [k for k in range(self.num_teachers) if k != self.feature_teacher]
             covered = set().union(*(self.indices()[k].tolist() for k in decision)) if decision else set()
             if len(covered) < label_space.num_classes:
                 decision.append(self.feature_teacher)
         else:
-            decision = sorted({_teacher_index(teachers, k) for k in decision_teachers})
+            decision = sorted({_teacher_index(teachers, k) for k in o.decision_teachers})
             if not decision:
                 raise MethodError("two-teacher: decision_teachers needs at least one teacher")
         self.decision_teachers = sorted(decision)
         mask = torch.zeros(self.num_teachers)
         mask[self.decision_teachers] = 1.0
         self.register_buffer("decision_weights", mask / mask.sum(), persistent=False)
-        self.hint_weight, self.adversarial_weight = float(hint_weight), float(adversarial_weight)
-        self.adversarial, self.discriminator_width = adversarial, int(discriminator_width)
-        self.layers = LayerPairs(self.name, [teachers[self.feature_teacher]], feature_layers, student_layers,
-                                 [teacher_layers] if teacher_layers else None)
-        self.adapters = nn.ModuleList()  # built by attach() from the probed widths
+        self.hint_weight, self.adversarial_weight = float(o.hint_weight), float(o.adversarial_weight)
+        self.adversarial, self.discriminator_width = o.adversarial, int(o.discriminator_width)
+        self.layers = LayerPairs(self.name, [teachers[self.feature_teacher]], o.feature_layers, o.student_layers,
+                                 [o.teacher_layers] if o.teacher_layers else None)
+        self.adapters = nn.ModuleList()  # built by setup() from the probed widths
         self.discriminators = nn.ModuleList()
 
-    def teacher_taps(self) -> list[list[str]]:
-        return [self.layers.teacher[0] if k == self.feature_teacher else [] for k in range(self.num_teachers)]
+    def needs(self) -> Needs:
+        taps = tuple(tuple(self.layers.teacher[0]) if k == self.feature_teacher else ()
+                     for k in range(self.num_teachers))
+        return Needs(teacher_taps=taps, student_stages=self.layers.student_request())
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return self.layers.student_taps(student)
-
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def setup(self, ctx: Setup) -> None:
         """One hint adapter (and discriminator) per depth, for the widths seen on the probe batch."""
-        features = teacher_outputs[self.feature_teacher].features
-        pairs = [(as_map(student_features[s]).shape[1], as_map(features[t]).shape[1])
+        self.layers.student = list(ctx.student_stages)
+        features = ctx.teacher_outputs[self.feature_teacher].features
+        pairs = [(as_map(ctx.student_features[s]).shape[1], as_map(features[t]).shape[1])
                  for s, t in zip(self.layers.student, self.layers.teacher[0])]
         self.adapters = nn.ModuleList(adapter(s, t) for s, t in pairs)
         if self.adversarial_weight > 0:
@@ -185,8 +208,8 @@ class TwoTeacher(WeightedTargets):
         """The hint and the adversarial terms, summed over depths, weighted."""
         features = step.teacher_outputs[self.feature_teacher].features
         terms: dict[str, torch.Tensor] = {}
-        for b, (s_tap, t_tap) in enumerate(zip(self.layers.student, self.layers.teacher[0])):
-            adapted = self.adapters[b](as_map(step.student_features[s_tap])).float()
+        for b, (stage, t_tap) in enumerate(zip(self.layers.student, self.layers.teacher[0])):
+            adapted = self.adapters[b](as_map(step.student_features[stage])).float()
             teacher = common_map(features[t_tap], adapted.shape[-2:])
             found = {"hint": self.hint_weight * F.mse_loss(adapted, teacher)}
             if self.adversarial_weight > 0:
@@ -197,7 +220,7 @@ class TwoTeacher(WeightedTargets):
                 terms[key] = terms[key] + value if key in terms else value
         return terms
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         if not len(self.adapters):
-            raise MethodError("two-teacher: the hint adapters are built by attach() (the engine calls it)")
-        return {**super().forward(step), **self.feature_terms(step)}
+            raise MethodError("two-teacher: the hint adapters are built by setup() (the engine calls it)")
+        return {**super().loss(step), **self.feature_terms(step)}

@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import StepInputs
-from amalgam.methods.blocks import MMD_SIGMAS, feature_reconstruction, multi_kernel_mmd
-from amalgam.methods.features import LayerPairs, adapter, as_map, common_map
+from amalgam.methods.base import Needs, Setup, StepInputs
+from amalgam.methods.losses import feature_reconstruction
+from amalgam.methods.features.layers import LayerOptions, LayerPairs, adapter, as_map, common_map
 from amalgam.methods.registry import register_method
-from amalgam.methods.soft_targets import SoftTargets
+from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
-from amalgam.teachers.teacher import Teacher, TeacherOutput
+from amalgam.teachers.teacher import Teacher
+
+
+MMD_SIGMAS = (0.001, 0.01, 0.05, 0.1, 0.2, 1.0, 2.0)  # CFL's official kernel widths (shared/METHODS.md §0.1)
+
+def multi_kernel_mmd(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float] = MMD_SIGMAS,
+                     normalize: bool = True) -> torch.Tensor:
+    """Squared multi-kernel Gaussian MMD between two batches of features (shared/METHODS.md §0.1; CFL, §2).
+
+    Rows are flattened to ``B x D`` and, with ``normalize``, L2-normalised; then
+    ``[mean_ij k(x_i, x_j) + mean_ij k(y_i, y_j) - 2 mean_ij k(x_i, y_j)]_+`` with
+    ``k(a, b) = sum_sigma exp(-|a - b|^2 / (2 sigma^2))`` and squared distances clamped at ``1e-12``.
+    ``x`` and ``y`` need the same batch size.
+
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> multi_kernel_mmd(x, x).item()
+    0.0
+    >>> round(multi_kernel_mmd(x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), sigmas=[1.0]).item(), 4)  # (1 - 1/e) / 2
+    0.3161
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"multi_kernel_mmd needs batches of one size, got {x.shape[0]} and {y.shape[0]}")
+    x, y = x.flatten(1).float(), y.flatten(1).float()
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # |a|^2 + |b|^2 - 2ab, as the official code computes it; the clamp keeps the diagonal's rounding >= 0
+        distances = ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T).clamp(min=1e-12)
+        return sum(torch.exp(-distances / (2.0 * s * s)) for s in sigmas)
+
+    return (kernel(x, x).mean() + kernel(y, y).mean() - 2.0 * kernel(x, y).mean()).clamp(min=0.0)
 
 
 class ResidualBlock(nn.Module):
@@ -97,7 +130,7 @@ class CommonFeatureLearning(SoftTargets):
         reconstruction_weight: ``beta``, weight of the reconstruction inside them.
         sigmas: the MMD's kernel widths.
         feature_layers: how many depths to amalgamate (the deepest included).
-        student_layers, teacher_layers: explicit module paths (student) and taps (one list per teacher) instead
+        student_layers, teacher_layers: explicit stage indices (student) and taps (one list per teacher) instead
             of the automatic pairing by relative depth.
         temperature, weights, soft_weight, label_weight, target: as for ``soft-targets``.
     """
@@ -107,54 +140,52 @@ class CommonFeatureLearning(SoftTargets):
              "Learning. IJCAI 2019")
     summary = "Student and teachers meet in a learned common feature space (MMD + reconstruction) plus soft targets."
 
-    def __init__(
-        self,
-        label_space: LabelSpace,
-        teachers: Sequence[Teacher],
-        hidden: int = 128,
-        feature_weight: float = 10.0,
-        reconstruction_weight: float = 1.0,
-        sigmas: Sequence[float] = MMD_SIGMAS,
-        feature_layers: int = 1,
-        student_layers: Sequence[str] | None = None,
-        teacher_layers: Sequence[Sequence[str]] | None = None,
-        temperature: float = 4.0,
-        weights: Sequence[float] | None = None,
-        soft_weight: float = 1.0,
-        label_weight: float = 1.0,
-        target: str = "soft",
-    ) -> None:
-        super().__init__(label_space, teachers, temperature, weights, soft_weight, label_weight, target)
-        if hidden < 1 or not sigmas or min(sigmas) <= 0:
-            raise MethodError(f"cfl: hidden must be >= 1 and sigmas positive, got hidden={hidden}, sigmas={sigmas}")
-        self.hidden = int(hidden)
-        self.feature_weight, self.reconstruction_weight = float(feature_weight), float(reconstruction_weight)
-        self.sigmas = tuple(float(s) for s in sigmas)
-        self.layers = LayerPairs(self.name, teachers, feature_layers, student_layers, teacher_layers)
-        self.blocks = nn.ModuleList()  # one CommonFeatureBlock per depth, built by attach()
+    @dataclass
+    class Options(LayerOptions, SoftTargets.Options):
+        """``hidden``, ``feature_weight``, ``reconstruction_weight``, ``sigmas``: see the class; the layers as in
+        :class:`LayerOptions` (one depth by default)."""
 
-    def teacher_taps(self) -> list[list[str]]:
-        return self.layers.teacher
+        hidden: int = 128
+        feature_weight: float = 10.0
+        reconstruction_weight: float = 1.0
+        sigmas: Sequence[float] = MMD_SIGMAS
 
-    def student_taps(self, student: nn.Module) -> list[str]:
-        return self.layers.student_taps(student)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.require(self.hidden >= 1 and bool(self.sigmas) and min(self.sigmas) > 0,
+                         f"hidden must be >= 1 and sigmas positive, got hidden={self.hidden}, sigmas={self.sigmas}")
 
-    def attach(self, student_features: dict[str, torch.Tensor], teacher_outputs: Sequence[TeacherOutput]) -> None:
+    def __init__(self, label_space: LabelSpace, teachers: Sequence[Teacher], options: Options | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(label_space, teachers, options, **overrides)
+        o = self.options
+        self.hidden = int(o.hidden)
+        self.feature_weight, self.reconstruction_weight = float(o.feature_weight), float(o.reconstruction_weight)
+        self.sigmas = tuple(float(s) for s in o.sigmas)
+        self.layers = LayerPairs(self.name, teachers, o.feature_layers, o.student_layers, o.teacher_layers)
+        self.blocks = nn.ModuleList()  # one CommonFeatureBlock per depth, built by setup()
+
+    def needs(self) -> Needs:
+        return self.layers.needs()
+
+    def setup(self, ctx: Setup) -> None:
         """Build one CFL block per depth for the widths seen on the probe batch."""
+        self.layers.student = list(ctx.student_stages)
         self.blocks = nn.ModuleList(
             CommonFeatureBlock(
-                as_map(student_features[tap]).shape[1],
-                [as_map(out.features[taps[b]]).shape[1] for out, taps in zip(teacher_outputs, self.layers.teacher)],
+                as_map(ctx.student_features[stage]).shape[1],
+                [as_map(out.features[taps[b]]).shape[1]
+                 for out, taps in zip(ctx.teacher_outputs, self.layers.teacher)],
                 self.hidden,
             )
-            for b, tap in enumerate(self.layers.student)
+            for b, stage in enumerate(self.layers.student)
         )
 
     def common_feature_terms(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum_b sum_k MMD^2(H_s, H_k), sum_b sum_k MSE(F^_k, F_k))``, before the weights."""
         mmd = reconstruction = step.student_logits.new_zeros(())
-        for b, (tap, block) in enumerate(zip(self.layers.student, self.blocks)):
-            student_map = as_map(step.student_features[tap])
+        for b, (stage, block) in enumerate(zip(self.layers.student, self.blocks)):
+            student_map = as_map(step.student_features[stage])
             h_s = block.student_code(student_map)
             for k, out in enumerate(step.teacher_outputs):
                 f_k = common_map(out.features[self.layers.teacher[k][b]], student_map.shape[-2:])
@@ -163,10 +194,10 @@ class CommonFeatureLearning(SoftTargets):
                 reconstruction = reconstruction + feature_reconstruction(block.decoders[k](h_k), f_k)
         return mmd, reconstruction
 
-    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+    def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         if not len(self.blocks):
-            raise MethodError("cfl: the common-feature blocks are built by attach() (the engine calls it)")
-        losses = super().forward(step)
+            raise MethodError("cfl: the common-feature blocks are built by setup() (the engine calls it)")
+        losses = super().loss(step)
         mmd, reconstruction = self.common_feature_terms(step)
         losses["mmd"] = self.feature_weight * mmd
         losses["reconstruction"] = self.feature_weight * self.reconstruction_weight * reconstruction

@@ -1,0 +1,6 @@
+"""Methods that amalgamate the teachers' intermediate features as well as their outputs (layers paired by depth in
+``layers``)."""
+
+from amalgam.methods.features import (  # noqa: F401  (importing registers the methods)
+    attention, autoencoder, cfl, dissimilarity, feed, knowledge_flow, two_teacher,
+)

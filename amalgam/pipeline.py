@@ -1,0 +1,254 @@
+"""One amalgamation run as one object: plan -> fit -> evaluate -> save.
+
+:func:`amalgam.amalgamate`, the CLI, the app (through ``amalgamate``), the sequence protocol, the benchmarks
+and the tests' helpers all run through :class:`Pipeline`, so the steps are wired once: the method's needs decide
+which teacher signals are computed, the labeled fraction and the teachers' whole-transfer logits reach
+:meth:`~amalgam.methods.Method.setup`, the engine trains, and the same evaluation fills every run's metrics.
+
+Example:
+    >>> from amalgam.zoo import build_demo_zoo
+    >>> from amalgam.config import TrainConfig
+    >>> run = Pipeline.plan(build_demo_zoo(), data="digits", config=TrainConfig(epochs=1))  # doctest: +SKIP
+    >>> history = run.fit(progress=False)                                                 # doctest: +SKIP
+    >>> run.evaluate(history)["student"]["accuracy"] > 0.1                                  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from amalgam.config import TrainConfig
+from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
+from amalgam.engine import (
+    accuracy, confusion_matrix, evaluate_teachers, head_accuracies, member_probabilities, per_class_accuracy,
+    target_accuracy, train,
+)
+from amalgam.engine.trainer import EpochCallback
+from amalgam.engine.uncertainty import ensemble_report
+from amalgam.errors import DataError, MethodError, StudentError, TeacherError
+from amalgam.knowledge import DEFAULT_MAX_CACHE_GB, CachedSignals, KnowledgeCache, LiveSignals, TeacherSignals
+from amalgam.methods import LabeledSet, Method, create_method
+from amalgam.students import Student, default_input_size
+from amalgam.teachers import LabelSpace, Teacher, load_teacher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Where the teachers' outputs come from during training (see :func:`amalgam.amalgamate`'s arguments)."""
+
+    cache_teachers: bool = True
+    knowledge_cache: bool | str | os.PathLike = True
+    max_cache_gb: float = DEFAULT_MAX_CACHE_GB
+
+
+def data_label_map(data: ImageData, label_space: LabelSpace) -> list[int]:
+    """Union index of each of the data set's classes, -1 for classes no teacher knows; a data set that shares
+    no class with the teachers is an error."""
+    mapping = label_space.map_classes(data.class_names)
+    if all(j < 0 for j in mapping):
+        raise DataError(
+            f"the data set {data.name!r} shares no class with the teachers: its classes are {data.class_names}, "
+            f"the teachers' are {list(label_space.class_names)}. Pass label_mapping to align the names."
+        )
+    return mapping
+
+
+def check_student(student: Student, label_space: LabelSpace, method: Method) -> None:
+    """A given student must predict the union classes and have the heads the method trains (or none), served
+    as the method serves them."""
+    needs = method.needs()
+    if list(student.class_names) != list(label_space.class_names):
+        raise StudentError(f"the student's classes {student.class_names} differ from the teachers' union "
+                           f"{list(label_space.class_names)}")
+    if list(student.head_specs) != list(needs.heads or []) or student.serve != needs.serve:
+        wanted = [h.to_dict() for h in needs.heads] if needs.heads else "none (one classifier)"
+        raise StudentError(f"method {method.name!r} trains a student with heads {wanted} (served by {needs.serve!r}); "
+                           f"the student given has {[h.to_dict() for h in student.head_specs] or 'none'} (served by "
+                           f"{student.serve!r}). Pass the architecture name "
+                           "instead, and amalgamate builds the student the method needs.")
+
+
+@dataclass
+class Pipeline:
+    """A planned run: teachers, label space, method, student, transfer and test sets, the labeled rows and the
+    budget. :meth:`plan` builds one from what a user names; code with parts of its own (the sequence protocol,
+    tests) builds one directly, passing ``signals`` it computed once for many runs."""
+
+    teachers: list
+    label_space: LabelSpace
+    method: Method
+    student: nn.Module
+    transfer: Dataset
+    test: Dataset
+    visible: np.ndarray
+    config: TrainConfig
+    knowledge: Knowledge = field(default_factory=Knowledge)
+    data_name: str = ""
+    signals: TeacherSignals | None = None
+    description: dict[str, Any] = field(default_factory=dict)  # run.json: what the run is
+    excluded_test_samples: int = 0  # test images of classes no teacher knows
+
+    @classmethod
+    def plan(
+        cls,
+        teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
+        student: str | Student = "test_efficientnet",
+        data: str | ImageData = "digits",
+        method: str = "soft-targets",
+        *,
+        method_options: Mapping[str, Any] | None = None,
+        label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
+        labeled_fraction: float = 0.0,
+        student_input_size: int | None = None,
+        config: TrainConfig | None = None,
+        knowledge: Knowledge | None = None,
+    ) -> "Pipeline":
+        """Load and check everything a run needs, before any training: teachers, data, label space, method
+        (options checked), student (built for the method's heads, or checked), labeled rows."""
+        if not teachers:
+            raise TeacherError("amalgamate needs at least one teacher")
+        config = config or TrainConfig()
+        teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
+        data = load_data(data)
+        label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
+        label_map = data_label_map(data, label_space)
+        torch.manual_seed(config.seed)  # the initial weights of the method's parts and the student belong to the seed
+        method_module = create_method(method, label_space, teachers, dict(method_options or {}))
+        needs = method_module.needs()
+        if isinstance(student, str):
+            student = Student(student, class_names=label_space.class_names,
+                              input_size=student_input_size or default_input_size(data.size), channels=data.channels,
+                              heads=needs.heads, serve=needs.serve)
+        else:
+            check_student(student, label_space, method_module)
+        visible = stratified_indices(data.train_labels, labeled_fraction, config.seed)
+        if needs.labels and not visible.size:
+            raise MethodError(f"method {method!r} fits part of itself on labels: give it a labeled_fraction > 0 "
+                              "(for example 0.02)")
+        transfer = RelabeledImages(data.train, label_map, visible=visible)
+        test = RelabeledImages(data.test, label_map)
+        description = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "teachers": [t.describe() for t in teachers],
+            "label_space": {"classes": list(label_space.class_names), "overlaps": label_space.overlaps(),
+                            "mapping": label_mapping},
+            "data": {"name": data.name, "transfer_samples": len(transfer), "labeled_samples": int(visible.size),
+                     "labeled_fraction": labeled_fraction, "test_samples": len(test)},
+            "method": {"name": method, "options": dict(method_options or {}), "paper": method_module.paper,
+                       "summary": method_module.summary},
+            "student": {"architecture": student.architecture, "parameters": student.num_parameters,
+                        "input": student.input_spec.to_dict(), "heads": [h.to_dict() for h in student.head_specs]},
+            "train": config.to_dict(),
+        }
+        return cls(teachers, label_space, method_module, student, transfer, test, visible, config,
+                   knowledge or Knowledge(), data.name, description=description,
+                   excluded_test_samples=int(sum(1 for y in data.test_labels if label_map[int(y)] < 0)))
+
+    def teacher_signals(self, progress: bool = True) -> TeacherSignals | None:
+        """The teachers' outputs as the method needs them: ``None`` when it reads none (or runs the teachers
+        itself), else cached once (on disk or in memory) or live on every batch."""
+        if self.signals is not None:
+            return self.signals
+        needs = self.method.needs()
+        if needs.teacher_signals == "none":
+            return None
+        from accelerate import PartialState
+
+        state = PartialState()
+        for teacher in self.teachers:
+            teacher.to(state.device)
+        if needs.teacher_signals == "live":  # it runs them on inputs or sub-networks of its own
+            return None
+        taps = needs.taps_per_teacher(len(self.teachers))
+        cache, where = self.knowledge.cache_teachers, self.knowledge.knowledge_cache
+        if cache and where is not False:
+            root = None if where is True else Path(where)
+            with state.local_main_process_first():  # one process writes a missing cache, the others then read it
+                self.signals = KnowledgeCache.build(
+                    self.teachers, self.transfer, data_name=self.data_name, taps=taps, root=root,
+                    max_cache_gb=self.knowledge.max_cache_gb, progress=progress and state.is_local_main_process)
+        elif cache and not any(taps):
+            self.signals = CachedSignals.compute(self.teachers, self.transfer, progress=progress)
+        else:
+            # Live teachers see exactly the batch the student sees: the path for random augmentation.
+            logger.info("teacher signals: live teachers on every batch (%s)",
+                        "cache_teachers=False" if not cache else
+                        "knowledge_cache=False keeps only logits in memory and the method taps features")
+            self.signals = LiveSignals(self.teachers, taps)
+        return self.signals
+
+    def fit(
+        self,
+        *,
+        progress: bool = True,
+        test_each_epoch: bool = True,
+        on_epoch: EpochCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+    ) -> list[dict]:
+        """Set the method up and train the student (see :func:`amalgam.engine.train`); one record per epoch,
+        with the test accuracy after each epoch unless ``test_each_epoch`` is off."""
+        signals = self.teacher_signals(progress)
+        labeled = LabeledSet.gather(self.transfer, self.visible, signals) if signals is not None and self.visible.size \
+            else None
+        return train(
+            self.student, self.method, signals, self.transfer, self.config,
+            labeled=labeled, transfer_logits=getattr(signals, "logits", None),
+            evaluate=(lambda model: accuracy(model, self.test)) if test_each_epoch else None, progress=progress,
+            on_epoch=on_epoch, should_stop=should_stop, checkpoint_dir=checkpoint_dir, resume=resume,
+        )
+
+    def evaluate(self, history: list[dict]) -> dict[str, Any]:
+        """The run's metrics on the test split: the student (accuracy, calibration, per head, per class,
+        confusion), the teachers, the method's combined target, and the training history."""
+        student, test = self.student, self.test
+        members, targets = member_probabilities(student, test)  # heads x samples x classes
+        predictions = members.mean(dim=0).argmax(dim=-1)
+        calibration = ensemble_report(members, targets)
+        return {
+            "student": {
+                "architecture": student.architecture,
+                "parameters": student.num_parameters,
+                "accuracy": calibration.pop("accuracy"),
+                "calibration": calibration,  # NLL, ECE, Brier; with several heads, their uncertainty decomposition
+                "heads": head_accuracies(student, test),  # each classification head on the classes it knows
+                "per_class": per_class_accuracy(predictions, targets, self.label_space.class_names),
+                "confusion": confusion_matrix(predictions, targets, self.label_space.num_classes),
+            },
+            **evaluate_teachers(self.teachers, self.label_space, test),
+            "method_target": {"accuracy": target_accuracy(self.method.to(self.teachers[0].device).eval(),
+                                                          self.teachers, test)},
+            "test_samples": int(targets.numel()),
+            "excluded_test_samples": self.excluded_test_samples,
+            "method": self.method.name,
+            "data": self.data_name,
+            "labeled_samples": int(self.visible.size),
+            "history": history,
+        }
+
+    def record(self, run_dir: str | os.PathLike) -> None:
+        """Write ``run.json`` (what the run is), first, so that a crashed run still says what it was."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(self.description, indent=2))
+
+    def save(self, run_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
+        """Write the trained student (``student/``) and ``metrics.json`` into ``run_dir``."""
+        run_dir = Path(run_dir)
+        self.student.save_pretrained(run_dir / "student")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
