@@ -136,7 +136,8 @@ def run_scenario(method_name: str, signal_kind: str, batch_size: int, out: Path)
     learning_rates: list[float] = []
 
     def step_hook(optimizer, args, kwargs) -> None:
-        learning_rates.append(float(optimizer.param_groups[0]["lr"]))
+        if isinstance(optimizer, torch.optim.AdamW):  # the student's, not the trust model's fit in setup (Adam)
+            learning_rates.append(float(optimizer.param_groups[0]["lr"]))
 
     config = TrainConfig(epochs=EPOCHS, batch_size=batch_size, seed=SEED, cpu=True)
     method.recording = True

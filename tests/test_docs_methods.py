@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,11 @@ def examples() -> dict:
     blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
     assert len(blocks) == 2
     namespaces = []
-    for code in blocks:
-        namespace = {"__name__": "docs_example"}
-        exec(compile(code, str(PAGE), "exec"), namespace)  # registers the method
-        namespaces.append(namespace)
+    for i, code in enumerate(blocks):
+        module = types.ModuleType(f"docs_example_{i}")  # a real module, as dataclasses look their module up
+        sys.modules[module.__name__] = module
+        exec(compile(code, str(PAGE), "exec"), module.__dict__)  # registers the method
+        namespaces.append(module.__dict__)
     return {"logit": namespaces[0], "feature": namespaces[1]}
 
 

@@ -313,8 +313,9 @@ def test_cli_wires_resume_mixed_precision_and_accumulation(tmp_path, monkeypatch
     recipe.write_text("[train]\nepochs = 3\ngrad_accumulation = 2\ncheckpoint_every = 5\n")
     assert main(["run", str(recipe), "--out", str(tmp_path / "runs"), "--mixed-precision", "bf16", "--quiet"]) == 0
     first = calls[-1]
-    assert (first["grad_accumulation"], first["checkpoint_every"], first["mixed_precision"], first["resume"]) == (
-        2, 5, "bf16", False)
+    train = first["train"]  # the recipe's [train] is the TrainConfig amalgamate gets
+    assert (train.epochs, train.grad_accumulation, train.checkpoint_every, train.mixed_precision, first["resume"]) == (
+        3, 2, 5, "bf16", False)
     run_dir = first["run_dir"]
     assert json.loads((run_dir / RECIPE_FILE).read_text())["train"]["mixed_precision"] == "bf16"
     assert main(["run", "--resume", str(run_dir), "--quiet"]) == 0  # the saved recipe, the same folder
