@@ -217,7 +217,7 @@ def test_multi_branch_loss_by_hand():
     outputs = [TeacherOutput(torch.zeros(1, 2), {tap0: features[0]}),
                TeacherOutput(torch.zeros(1, 2), {tap1: features[1]})]
     b0, b1 = method.head_names
-    branch_features = {f"heads.{b0}.1": torch.ones(1, 2), f"heads.{b1}.1": torch.ones(1, 2)}
+    branch_features = {f"{b0}.hidden": torch.ones(1, 2), f"{b1}.hidden": torch.ones(1, 2)}
     method.setup(Setup(teacher_outputs=outputs))
     for adapter in method.adapters:  # a_b(f) = 0: the feature term is the mean of F_b^2
         torch.nn.init.zeros_(adapter.weight), torch.nn.init.zeros_(adapter.bias)
@@ -366,7 +366,7 @@ def _soka_backward(demo_zoo, collaboration_weight):
     shared = student.model(student.input_spec(images))
     outputs = {name: head(shared) for name, head in student.heads.items()}
     losses = method(StepInputs(outputs, [t(images) for t in teachers], torch.full((4,), -1), images,
-                               {"model": shared}))
+                               {"body": shared}))
     sum(losses.values()).backward()
     body = torch.cat([p.grad.flatten() for p in student.model.parameters() if p.grad is not None])
     heads = torch.cat([p.grad.flatten() for p in student.heads.parameters()])

@@ -21,8 +21,7 @@ from amalgam.errors import RunCancelled
 from amalgam.knowledge import IndexedImages, TeacherSignals
 from amalgam.methods.base import Batch, LabeledSet, Method, Setup, StudentForward
 from amalgam.parallel import mean_over_processes
-from amalgam.students.stages import resolve_stages, stage_modules
-from amalgam.teachers.taps import capture_features
+from amalgam.students.stages import part_modules, resolve_stages, stage_modules
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -38,15 +37,15 @@ class Trainable(nn.Module):
     wraps for DDP) both together: its forward is the method's training step, which returns the named loss terms.
     """
 
-    def __init__(self, student: nn.Module, method: Method, stages: Sequence[int]) -> None:
+    def __init__(self, student: nn.Module, method: Method, stages: Sequence[int], parts: Sequence[str] = ()) -> None:
         super().__init__()
         self.student = student
         self.method = method
-        self.stages = list(stages)
-        self.stage_modules = stage_modules(student, self.stages)
+        self.forward_with_taps = StudentForward(student, stages, stage_modules(student, stages), parts,
+                                                part_modules(student, parts))
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.method.step(batch, StudentForward(self.student, self.stages, self.stage_modules))
+        return self.method.step(batch, self.forward_with_taps)
 
 
 def parameter_groups(model: nn.Module, method_parameters: list[nn.Parameter], config: TrainConfig) -> list[dict]:
@@ -116,7 +115,7 @@ def train(
     if needs.teacher_signals != "outputs":
         signals = None  # the method runs the teachers itself, or has none
     stages = resolve_stages(model, needs.student_stages)
-    trainable = Trainable(model, method, stages)
+    trainable = Trainable(model, method, stages, needs.student_parts)
     probe = _probe(trainable, signals, transfer) if needs.taps_features else {}
     method.setup(Setup(labeled, list(transfer_logits) if transfer_logits is not None else None, model, stages,
                        **probe))
@@ -241,8 +240,7 @@ def _probe(trainable: Trainable, signals: TeacherSignals | None, transfer: Datas
     student = trainable.student
     was_training = student.training
     student.eval()
-    with capture_features(student, trainable.stages, trainable.stage_modules) as features:
-        student(images)
+    _, features = trainable.forward_with_taps(images)
     student.train(was_training)
     outputs = signals(images, torch.arange(len(images))) if signals is not None else []
     return {"student_features": dict(features), "teacher_outputs": outputs}

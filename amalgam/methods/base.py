@@ -50,6 +50,9 @@ class Needs:
         student_stages: the student's stages whose outputs the method reads, by index into its stages (timm's
             ``feature_info``, shallow to deep; negative counts from the deepest), or an ``int`` ``n``: ``n``
             stages at relative depths ``1/n, ..., 1`` (the deepest last). Keys of ``StepInputs.student_features``.
+        student_parts: parts of the student that are not stages, by role (see
+            :func:`amalgam.students.stages.part_modules`): ``"body"`` (the shared body's pooled feature, which every
+            head reads) or ``"<head name>.hidden"`` (a head's hidden layer). Keys of ``StepInputs.student_features``.
         heads: the named heads the student needs on its shared body (``None``: one classifier over the union).
         serve: the head the student is scored and served by (``None``: the mean of its heads).
         labels: the method fits part of itself on labels, so a run must have a labeled fraction.
@@ -59,6 +62,7 @@ class Needs:
     teacher_signals: TeacherSignal = "outputs"
     teacher_taps: tuple[tuple[str, ...], ...] = ()
     student_stages: tuple[int, ...] | int = ()
+    student_parts: tuple[str, ...] = ()
     heads: tuple[Head, ...] | None = None
     serve: str | None = None
     labels: bool = False
@@ -71,7 +75,7 @@ class Needs:
     @property
     def taps_features(self) -> bool:
         """Whether the method reads any feature (of a teacher or of the student)."""
-        return any(self.teacher_taps) or bool(self.student_stages)
+        return any(self.teacher_taps) or bool(self.student_stages) or bool(self.student_parts)
 
 
 @dataclass
@@ -80,7 +84,7 @@ class StepInputs:
 
     ``images`` is the batch the student saw (raw ``[0, 1]``); ``labels`` are union-space indices for the labeled
     fraction and ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the student's stages of
-    :attr:`Needs.student_stages`, by stage index; ``indices`` are the samples' positions in the transfer set.
+    :attr:`Needs.student_stages`, by stage index, and of its :attr:`Needs.student_parts`, by part name; ``indices`` are the samples' positions in the transfer set.
     ``student_logits`` is ``{head name: output}`` for a student with heads.
     """
 
@@ -88,7 +92,7 @@ class StepInputs:
     teacher_outputs: list[TeacherOutput]
     labels: torch.Tensor
     images: torch.Tensor | None = None
-    student_features: dict[int, torch.Tensor] = field(default_factory=dict)
+    student_features: dict[int | str, torch.Tensor] = field(default_factory=dict)
     indices: torch.Tensor | None = None
 
 
@@ -106,18 +110,21 @@ class Batch:
 
 class StudentForward:
     """The student as a method's step calls it: ``logits, features = student(images)``, with the outputs of the
-    stages the method asked for (by stage index). ``module`` is the student itself and ``stage_modules`` the
-    modules of those stages, for a step that changes what they output while it trains."""
+    stages (by index) and parts (by name) the method asked for. ``module`` is the student itself and
+    ``stage_modules`` the modules of those stages, for a step that changes what they output while it trains."""
 
-    def __init__(self, module: nn.Module, stages: Sequence[int], stage_modules: Sequence[nn.Module]) -> None:
+    def __init__(self, module: nn.Module, stages: Sequence[int], stage_modules: Sequence[nn.Module],
+                 parts: Sequence[str] = (), part_modules: Sequence[nn.Module] = ()) -> None:
         self.module = module
         self.stages = list(stages)
         self.stage_modules = list(stage_modules)
+        self.keys = [*self.stages, *parts]
+        self.modules = [*self.stage_modules, *part_modules]
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int | str, torch.Tensor]]:
         from amalgam.teachers.taps import capture_features
 
-        with capture_features(self.module, self.stages, self.stage_modules) as features:
+        with capture_features(self.module, self.keys, self.modules) as features:
             logits = self.module(images)
         return logits, dict(features)
 
@@ -149,7 +156,7 @@ class Setup:
     ``labeled``: the labeled fraction (``None`` when the run has none); ``transfer_logits``: the teachers' logits
     on the whole transfer set, labeled or not, when they were computed once (else ``None``); ``student``: the
     student; ``student_stages``: the stage indices of ``needs().student_stages``, resolved; ``student_features``
-    and ``teacher_outputs``: the student's stage outputs and the teachers' outputs (with their taps) on a probe
+    and ``teacher_outputs``: the student's stage (and part) outputs and the teachers' outputs (with their taps) on a probe
     batch of two transfer samples, when the method reads features (else empty).
     """
 
@@ -157,7 +164,7 @@ class Setup:
     transfer_logits: list[torch.Tensor] | None = None
     student: nn.Module | None = None
     student_stages: list[int] = field(default_factory=list)
-    student_features: dict[int, torch.Tensor] = field(default_factory=dict)
+    student_features: dict[int | str, torch.Tensor] = field(default_factory=dict)
     teacher_outputs: list[TeacherOutput] = field(default_factory=list)
 
 

@@ -1,7 +1,9 @@
-"""A student's stages, addressed by index (timm's ``feature_info``), never by module path.
+"""A student's stages, addressed by index (timm's ``feature_info``), and its other parts by role, never by
+module path.
 
-Methods that read the student's intermediate features ask for stages by index (``Needs.student_stages``);
-the engine resolves the request here and captures those stages' outputs with forward hooks.
+Methods that read the student's intermediate features ask for stages by index (``Needs.student_stages``) or
+parts by name (``Needs.student_parts``); the engine resolves the request here and captures those outputs with
+forward hooks.
 """
 
 from __future__ import annotations
@@ -66,3 +68,24 @@ def stage_modules(student: nn.Module, indices: Sequence[int]) -> list[nn.Module]
     """The modules of the student's stages ``indices``."""
     found = stages(student) if indices else []
     return [found[i][1] for i in indices]
+
+
+def part_modules(student: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The modules whose outputs are a student's parts ``names``: ``"body"``, its shared body (a student with
+    heads: the pooled feature every head reads), or ``"<head>.hidden"``, the hidden layer of a head built with
+    ``hidden`` > 0 (after its ReLU). An unknown part is an error that lists the student's parts.
+
+    >>> from amalgam.students import Head, Student
+    >>> student = Student("test_efficientnet", class_names=["a", "b"], heads=[Head("h", ["a", "b"], hidden=8)])
+    >>> [type(m).__name__ for m in part_modules(student, ["body", "h.hidden"])]
+    ['EfficientNet', 'ReLU']
+    """
+    heads = getattr(student, "heads", None) or {}
+    known = {"body": getattr(student, "model", None)}
+    for name, head in heads.items():
+        if isinstance(head, nn.Sequential):  # Linear, ReLU, Linear
+            known[f"{name}.hidden"] = head[1]
+    wrong = [n for n in names if known.get(n) is None]
+    if wrong:
+        raise StudentError(f"the student has no part(s) {wrong}; its parts are {[k for k, v in known.items() if v]}")
+    return [known[n] for n in names]

@@ -8,10 +8,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from amalgam.methods.base import Batch, Needs, Setup, StepInputs, StudentForward
+from amalgam.methods.base import Needs, Setup, StepInputs
 from amalgam.methods.losses import feature_reconstruction, kd_loss, masked_cross_entropy
 from amalgam.methods.features.layers import LayerPairs, feature_vector
-from amalgam.methods.heads.members import PerTeacherHeads, step_with_module_taps
+from amalgam.methods.heads.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
@@ -82,15 +82,16 @@ class MultiBranch(PerTeacherHeads):
         self.layers = LayerPairs(self.name, teachers, 1, teacher_layers=o.teacher_layers)  # the teachers' last stage
         self.adapters = nn.ModuleList()  # a_b, built by setup()
 
-    def branch_taps(self) -> list[str]:
-        """The student's modules whose outputs are the branches' features ``f_b``: each branch's hidden layer
-        (Linear, ReLU, Linear: index 1); none without the feature term."""
-        return [f"heads.{name}.1" for name in self.head_names] if self.feature_weight > 0 else []
+    def branch_parts(self) -> list[str]:
+        """The student's parts whose outputs are the branches' features ``f_b``: each branch's hidden layer;
+        none without the feature term."""
+        return [f"{name}.hidden" for name in self.head_names] if self.feature_weight > 0 else []
 
     def needs(self) -> Needs:
         if self.feature_weight <= 0:
             return super().needs()
-        return replace(super().needs(), teacher_taps=tuple(tuple(t) for t in self.layers.teacher))
+        return replace(super().needs(), teacher_taps=tuple(tuple(t) for t in self.layers.teacher),
+                       student_parts=tuple(self.branch_parts()))
 
     def setup(self, ctx: Setup) -> None:
         """``a_b``: from the branch width to teacher ``b``'s feature width, as seen on the probe batch."""
@@ -98,10 +99,6 @@ class MultiBranch(PerTeacherHeads):
             self.adapters = nn.ModuleList(
                 nn.Linear(self.head_hidden, feature_vector(out.features[taps[0]], "mean").shape[1])
                 for out, taps in zip(ctx.teacher_outputs, self.layers.teacher))
-
-    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
-        """The default step, with the branches' features ``f_b`` (no student stages: parts of its heads)."""
-        return step_with_module_taps(self, batch, student, self.branch_taps())
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
@@ -112,7 +109,7 @@ class MultiBranch(PerTeacherHeads):
             losses["features"] = self.feature_weight * sum(
                 feature_reconstruction(adapter(step.student_features[branch]),
                                        feature_vector(out.features[taps[0]], "mean"))
-                for adapter, branch, out, taps in zip(self.adapters, self.branch_taps(), step.teacher_outputs,
+                for adapter, branch, out, taps in zip(self.adapters, self.branch_parts(), step.teacher_outputs,
                                                       self.layers.teacher))
         if self.label_weight > 0:
             mean_logits = torch.stack(branches).mean(dim=0)

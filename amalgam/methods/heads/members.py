@@ -8,10 +8,9 @@ from typing import Any, Sequence
 
 import torch
 
-from amalgam.methods.base import Batch, Method, Needs, Options, StepInputs, StudentForward
-from amalgam.teachers.placement import placed_targets
-from amalgam.teachers.taps import capture_features
+from amalgam.methods.base import Method, Needs, Options
 from amalgam.students.heads import Head
+from amalgam.teachers.placement import placed_targets
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
@@ -23,18 +22,6 @@ def member_head_names(teacher_names: Sequence[str]) -> list[str]:
     ['0-cnn-0-4', '1-vit-all']
     """
     return [f"{k}-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}"[:64] for k, name in enumerate(teacher_names)]
-
-
-def step_with_module_taps(method: Method, batch: Batch, student: StudentForward,
-                          paths: Sequence[str]) -> dict[str, torch.Tensor]:
-    """:meth:`Method.step` that also records the outputs of the student's modules at ``paths`` (parts of its
-    body or heads that are not stages: the pooled feature, a head's hidden layer), given to the loss in
-    ``student_features`` under their module paths, beside the stages' outputs under their indices."""
-    modules = [student.module.get_submodule(path) for path in paths]
-    with capture_features(student.module, paths, modules) as tapped:
-        logits, features = student(batch.images)
-    return method.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, batch.images,
-                                  {**features, **tapped}, batch.indices))
 
 
 class PerTeacherHeads(Method):

@@ -10,16 +10,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from amalgam.errors import MethodError
-from amalgam.methods.base import Batch, Method, Needs, Options, Setup, StepInputs, StudentForward
-from amalgam.methods.losses import kd_loss
+from amalgam.methods.base import Method, Needs, Options, Setup, StepInputs
 from amalgam.methods.features.layers import LayerPairs, adapter, common_map
-from amalgam.methods.heads.members import member_head_names, step_with_module_taps
+from amalgam.methods.heads.members import member_head_names
+from amalgam.methods.losses import kd_loss
 from amalgam.methods.registry import register_method
 from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher
 
-SHARED = "model"  # the student's body: its pooled feature feeds every head
+SHARED = "body"  # the student's part whose output (the pooled feature) feeds every head
 
 
 def gradnorm_loss(weights: torch.Tensor, gradient_norms: torch.Tensor, losses: torch.Tensor,
@@ -124,7 +124,7 @@ class SelfCoordinatedAmalgamation(Method):
         features = self.layers.needs() if self.feature_weight > 0 else Needs()  # F_s and each F_t
         return replace(features, heads=tuple(Head(name, classes) for name, classes in zip(self.head_names,
                                                                                       self.task_classes)),
-                       serve=self.head_names[self.main_task])
+                       serve=self.head_names[self.main_task], student_parts=(SHARED,))
 
     def setup(self, ctx: Setup) -> None:
         if self.feature_weight > 0:
@@ -133,10 +133,6 @@ class SelfCoordinatedAmalgamation(Method):
             self.flows = nn.ModuleList(adapter(common_map(out.features[taps[0]]).shape[1], student_map.shape[1])
                                        for out, taps in zip(ctx.teacher_outputs, self.layers.teacher))
             self.fusion = nn.Parameter(torch.rand(self.num_teachers, *student_map.shape[1:]))
-
-    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
-        """The default step, with the shared body's pooled feature (not a stage: the output of ``SHARED``)."""
-        return step_with_module_taps(self, batch, student, [SHARED])
 
     @torch.no_grad()
     def normalized_weights(self) -> torch.Tensor:
