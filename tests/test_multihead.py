@@ -20,13 +20,13 @@ from amalgam.methods.heads.ods import ods_perturbation
 from amalgam.methods.targets.stochastic import residual_blocks, skipped, survival_probabilities
 from amalgam.students import Head, Student
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
+from tiny import tiny_teachers
 
 CLASSES = ["a", "b", "c"]
 
 
 def _teachers(count, classes=CLASSES):
-    return [load_teacher(timm.create_model("test_efficientnet", num_classes=len(classes)), class_names=classes,
-                         name=f"t{k}") for k in range(count)]
+    return tiny_teachers(*[classes] * count, names=[f"t{k}" for k in range(count)])
 
 
 # --- the student's heads ------------------------------------------------------------------------------------------

@@ -4,19 +4,17 @@ import math
 
 import pytest
 import torch
-import timm
 
 from amalgam.errors import MethodError
 from amalgam.methods import StepInputs, available_methods, create_method
 from amalgam.methods.losses import kd_loss, masked_cross_entropy
 from amalgam.teachers.placement import place_probabilities
-from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
+from amalgam.teachers import LabelSpace, TeacherOutput
+from tiny import tiny_teachers
 
 
 def teachers_for(*class_lists):
-    return [
-        load_teacher(timm.create_model("test_efficientnet", num_classes=len(c)), class_names=c) for c in class_lists
-    ]
+    return tiny_teachers(*class_lists)
 
 
 def test_soft_target_loss_two_overlapping_teachers_three_classes():

@@ -14,6 +14,7 @@ from amalgam.methods.losses import entropy, least_entropy_teacher
 from amalgam.teachers.placement import place_probabilities
 from amalgam.methods.targets.trust import trust_weights
 from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
+from tiny import tiny_teacher
 
 # SKA's SyntheticControl example: T1 knows {A, B, C, D}, T2 knows {C, D, E, F}.
 SKA_SPACE = LabelSpace.union([["A", "B", "C", "D"], ["C", "D", "E", "F"]])
@@ -68,9 +69,7 @@ def test_selective_learning_target_is_the_chosen_teachers_probabilities():
 
 
 def _stub_teacher(classes):
-    import timm
-
-    return load_teacher(timm.create_model("test_efficientnet", num_classes=len(classes)), class_names=classes)
+    return tiny_teacher(classes)
 
 
 def test_trust_model_fitted_on_few_labels_tells_which_teacher_knows_the_class(demo_zoo):

@@ -14,16 +14,14 @@ from amalgam.methods.base import Setup
 from amalgam.methods.targets.adaptive import alignment_weights
 from amalgam.methods.targets.experts import curriculum_weight, self_paced_weight
 from amalgam.methods.targets.wsl import wsl_weights
-from amalgam.teachers import LabelSpace, TeacherOutput, load_teacher
+from amalgam.teachers import LabelSpace, TeacherOutput
+from tiny import tiny_teacher
 
 SPACE = LabelSpace.union([["a", "b"], ["c", "d"]])  # two teachers, disjoint classes: union a, b, c, d
 
 
 def _teacher(classes, name):
-    import timm
-
-    return load_teacher(timm.create_model("test_efficientnet", num_classes=len(classes)), class_names=classes,
-                        name=name)
+    return tiny_teacher(classes, name)
 
 
 TEACHERS = [_teacher(["a", "b"], "left"), _teacher(["c", "d"], "right")]
