@@ -118,6 +118,16 @@ def test_cli_lists_methods(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "soft-targets" in out and "temperature=4.0" in out and "KDD 2017" in out
+    assert "[targets]" in out and "[features]" in out and "[heads]" in out  # by family
+    assert "target='soft' (one of 'soft', 'hard')" in out  # the allowed values of a Literal option
+
+
+def test_the_recipe_train_table_is_the_train_config():
+    from amalgam.config import TrainConfig
+    from amalgam.recipe import parse_recipe
+
+    train = parse_recipe({"train": {"epochs": 2, "weight_decay": 0.0}}).train
+    assert train == TrainConfig(epochs=2, weight_decay=0.0)
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -125,6 +135,7 @@ def test_cli_lists_methods(capsys):
     ('[[teachers]]\nrevision = "main"\n', "\\[\\[teachers\\]\\] #1 needs the key 'source'"),
     ('[[teachers]]\nsource = "a/b"\ncolor = "red"\n', "unknown key 'color' in \\[\\[teachers\\]\\] #1"),
     ('[data\n', "is not valid"),
+    ('[train]\nepochs = -1\n', "\\[train\\] epochs must be a positive integer, got -1"),
 ])
 def test_recipe_errors(tmp_path, text, message):
     path = tmp_path / "recipe.toml"

@@ -14,6 +14,7 @@ from amalgam.config import TrainConfig
 from amalgam.methods import Needs, available_methods, create_method
 from amalgam.pipeline import Knowledge, Pipeline
 from amalgam.students import Student
+from amalgam.teachers import LabelSpace
 from demo_methods import demo_setup, demo_student
 
 
@@ -47,3 +48,56 @@ def test_every_method_trains_one_step_and_its_student_saves_and_reloads(name, se
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     else:
         assert torch.equal(mine, theirs)
+
+
+def test_the_registry_checks_options_against_the_dataclass_and_lists_allowed_values():
+    from amalgam.errors import MethodError
+    from amalgam.methods import method_choices, method_options
+
+    space = LabelSpace.union([["a", "b"]])
+    with pytest.raises(MethodError, match=r"has no option\(s\) \['temprature'\]; its options are temperature=4.0"):
+        create_method("soft-targets", space, [_Named("t")], {"temprature": 2.0})
+    with pytest.raises(MethodError, match=r"soft-targets: target must be one of \('soft', 'hard'\), got 'x'"):
+        create_method("soft-targets", space, [_Named("t")], {"target": "x"})
+    assert method_choices("trust-learner")["trust_norm"] == ("softmax", "sigmoid")
+    # a variant inherits its family's options instead of retyping them
+    assert set(method_options("soft-targets")) <= set(method_options("feed"))
+    assert set(method_options("soft-targets")) <= set(method_options("wsl"))
+
+
+def test_methods_are_listed_by_family_and_re_registering_warns_and_replaces():
+    from amalgam.methods import Method, method_family, register_method
+    from amalgam.methods.registry import _METHODS
+
+    assert {method_family(cls) for cls in available_methods().values()} == {"targets", "features", "heads"}
+    assert "feed" in available_methods("features") and "hydra" in available_methods("heads")
+    assert "feed" not in available_methods("targets")
+
+    class First(Method):
+        name = "test-twice"
+
+    class Second(Method):
+        name = "test-twice"
+
+    try:
+        register_method(First)
+        with pytest.warns(UserWarning, match="'test-twice' was registered already"):
+            register_method(Second)
+        assert available_methods("custom")["test-twice"] is Second
+    finally:
+        _METHODS.pop("test-twice", None)
+
+
+def test_needs_follow_the_options_per_instance(setup):
+    teachers, space = setup[:2]
+    plain = create_method("attention-transfer", space, teachers)
+    scratch = create_method("attention-transfer", space, teachers, {"scratch_teacher": True})
+    assert not plain.needs().labels and scratch.needs().labels
+    assert create_method("ods", space, teachers).needs().teacher_signals == "live"
+    assert create_method("supervised", space, teachers).needs().teacher_signals == "none"
+    assert create_method("confidence-trust", space, teachers).needs().label_free
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.name = name

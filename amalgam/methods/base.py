@@ -84,7 +84,8 @@ class StepInputs:
 
     ``images`` is the batch the student saw (raw ``[0, 1]``); ``labels`` are union-space indices for the labeled
     fraction and ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the student's stages of
-    :attr:`Needs.student_stages`, by stage index, and of its :attr:`Needs.student_parts`, by part name; ``indices`` are the samples' positions in the transfer set.
+    :attr:`Needs.student_stages`, by stage index, and of its :attr:`Needs.student_parts`, by part name;
+    ``indices`` are the samples' positions in the transfer set.
     ``student_logits`` is ``{head name: output}`` for a student with heads.
     """
 
@@ -156,8 +157,8 @@ class Setup:
     ``labeled``: the labeled fraction (``None`` when the run has none); ``transfer_logits``: the teachers' logits
     on the whole transfer set, labeled or not, when they were computed once (else ``None``); ``student``: the
     student; ``student_stages``: the stage indices of ``needs().student_stages``, resolved; ``student_features``
-    and ``teacher_outputs``: the student's stage (and part) outputs and the teachers' outputs (with their taps) on a probe
-    batch of two transfer samples, when the method reads features (else empty).
+    and ``teacher_outputs``: the student's stage (and part) outputs and the teachers' outputs (with their taps) on
+    a probe batch of two transfer samples, when the method reads features (else empty).
     """
 
     labeled: LabeledSet | None = None
