@@ -111,7 +111,9 @@ def amalgamate(
     run = Pipeline.plan(teachers, student, data, method, method_options=method_options, label_mapping=label_mapping,
                         labeled_fraction=labeled_fraction, student_input_size=student_input_size, config=config,
                         knowledge=Knowledge(cache_teachers, knowledge_cache, max_cache_gb))
-    if run_dir is not None and not resume:  # written first, so a crashed run still says what it was
+    if resume:
+        run.check_resumes(run_dir)
+    elif run_dir is not None:  # written first, so a crashed run still says what it was
         run.record(run_dir)
     history = run.fit(progress=progress, on_epoch=on_epoch, should_stop=should_stop, checkpoint_dir=checkpoints,
                       resume=resume)

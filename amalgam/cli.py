@@ -5,34 +5,63 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import shutil
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from amalgam.errors import AmalgamError, RecipeError
+from amalgam.errors import RecipeError
 from amalgam.publish.card import DEFAULT_LICENSE
 from amalgam.recipe import Recipe, load_recipe, parse_recipe
 
 RECIPE_FILE = "recipe.json"  # the recipe a run was started with, in its run folder, for --resume
+RUN_FILE = "run.json"  # written by amalgamate once the run is planned
 
 
-def _run_dir(recipe: Recipe) -> Path:
+def create_run_dir(recipe: Recipe) -> Path:
+    """A new, empty run folder ``<output.dir>/<date-time>-<method>-<data>``, created exclusively: a run started
+    in the same second gets ``...-2`` (then ``-3``...), so two runs never share (and mix) one folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     data = Path(recipe.data.name).name.replace("/", "-")
-    return Path(recipe.output.dir) / f"{stamp}-{recipe.method.name}-{data}"
+    base = Path(recipe.output.dir) / f"{stamp}-{recipe.method.name}-{data}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        folder = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            folder.mkdir()  # atomic: exactly one process creates a given name
+            return folder
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """What can be checked before any teacher or data is loaded (the recipe's values were checked on parsing):
+    the method and its options, and the student architecture."""
+    from amalgam.methods.registry import check_method
+    from amalgam.students.student import check_architecture
+
+    check_method(recipe.method.name, recipe.method.options)
+    check_architecture(recipe.student.architecture)
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None):
-    """Load the recipe's teachers (or the demo zoo) and amalgamate into a new run folder, or continue the run in
-    the folder ``resume`` from its newest checkpoint; returns the result."""
+    """Load the recipe's data and teachers (or the demo zoo) and amalgamate into a new run folder, or continue
+    the run in the folder ``resume`` from its newest checkpoint; returns the result.
+
+    Everything is checked before the run folder is created, and a run that fails before it has started
+    training (its ``run.json`` not yet written) leaves no folder behind."""
     from amalgam.api import amalgamate
     from amalgam.data import load_data
     from amalgam.teachers import load_teacher
     from amalgam.zoo import build_demo_zoo
 
+    check_recipe(recipe)
+    data = load_data(recipe.data.name, image_size=recipe.data.image_size)
     if recipe.teachers:
         teachers = [
             load_teacher(t.source, revision=t.revision, class_names=t.class_names, name=t.name,
@@ -44,24 +73,28 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
     if progress:
         for teacher in teachers:
             print(f"teacher {teacher!r}  from {teacher.describe()['source']}")
-    run_dir = resume if resume is not None else _run_dir(recipe)
+    run_dir = resume if resume is not None else create_run_dir(recipe)
     if resume is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=2))
-    return amalgamate(
-        teachers,
-        student=recipe.student.architecture,
-        data=load_data(recipe.data.name, image_size=recipe.data.image_size),
-        method=recipe.method.name,
-        method_options=recipe.method.options,
-        label_mapping=recipe.label_mapping or None,
-        labeled_fraction=recipe.data.labeled_fraction,
-        student_input_size=recipe.student.input_size,
-        train=recipe.train,
-        run_dir=run_dir,
-        resume=resume is not None,
-        progress=progress,
-    )
+    try:
+        return amalgamate(
+            teachers,
+            student=recipe.student.architecture,
+            data=data,
+            method=recipe.method.name,
+            method_options=recipe.method.options,
+            label_mapping=recipe.label_mapping or None,
+            labeled_fraction=recipe.data.labeled_fraction,
+            student_input_size=recipe.student.input_size,
+            train=recipe.train,
+            run_dir=run_dir,
+            resume=resume is not None,
+            progress=progress,
+        )
+    except BaseException:
+        if resume is None and not (run_dir / RUN_FILE).exists():  # refused while planning: nothing to keep
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -164,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except AmalgamError as err:
+    except ValueError as err:  # amalgam's own errors are ValueErrors too; a traceback helps no user here
         print(f"amalgam: error: {err}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from amalgam.fields import check_types
+
 
 @dataclass
 class TrainConfig:
@@ -21,6 +23,7 @@ class TrainConfig:
     parts_lr: float | None = None  # learning rate of the method's own parts (adapters, blocks); None: ``lr``
 
     def __post_init__(self) -> None:
+        check_types(self)  # before the ranges: `epochs = true` must not pass as 1
         for field, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
                              ("grad_accumulation", self.grad_accumulation)):
             if not isinstance(value, int) or value < 1:
@@ -28,6 +31,10 @@ class TrainConfig:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 (off) or a positive number of optimizer steps, got "
                              f"{self.checkpoint_every!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or a positive integer, got {self.seed}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be 0 or positive, got {self.weight_decay}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.parts_lr is not None and self.parts_lr <= 0:

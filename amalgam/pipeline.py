@@ -35,6 +35,7 @@ from amalgam.engine import (
     accuracy, confusion_matrix, evaluate_teachers, head_accuracies, member_probabilities, per_class_accuracy,
     target_accuracy, train,
 )
+from amalgam.engine.checkpoint import RESUME_MUST_MATCH, CheckpointError
 from amalgam.engine.trainer import EpochCallback
 from amalgam.engine.uncertainty import ensemble_report
 from amalgam.errors import DataError, MethodError, StudentError, TeacherError
@@ -241,6 +242,24 @@ class Pipeline:
             "history": history,
         }
 
+    def check_resumes(self, run_dir: str | os.PathLike) -> None:
+        """Refuse to resume the run recorded in ``run_dir/run.json`` with anything that shapes the result
+        changed (teachers, classes, data, labeled fraction, method and options, student, training budget): the
+        error names the first difference, so a resumed run never saves one run's student under another's record."""
+        path = Path(run_dir) / "run.json"
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot resume {str(run_dir)!r}: its run.json (what the run is) is unreadable "
+                                  f"({err}); start a new run") from None
+        difference = first_difference(_result_shaping(recorded), _result_shaping(self.description))
+        if difference is not None:
+            where, was, now = difference
+            raise CheckpointError(
+                f"cannot resume {str(run_dir)!r} with a different run: {where} was {was!r} when it started, and is "
+                f"{now!r} now. Resume with what it was started with (its recipe.json), or start a new run."
+            )
+
     def record(self, run_dir: str | os.PathLike) -> None:
         """Write ``run.json`` (what the run is), first, so that a crashed run still says what it was."""
         run_dir = Path(run_dir)
@@ -252,3 +271,34 @@ class Pipeline:
         run_dir = Path(run_dir)
         self.student.save_pretrained(run_dir / "student")
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _result_shaping(description: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a ``run.json`` that change what a run computes (not when it was created, nor the cosmetic
+    parts: the method's citation, where checkpoints go, the device); JSON-normalised, as it is stored."""
+    shaping = {key: description.get(key) for key in ("teachers", "label_space", "data", "student")}
+    shaping["method"] = {k: description.get("method", {}).get(k) for k in ("name", "options")}
+    shaping["train"] = {k: description.get("train", {}).get(k) for k in RESUME_MUST_MATCH}
+    return json.loads(json.dumps(shaping))
+
+
+def first_difference(before: Any, after: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first place (``"method.name"``, ``"teachers[1].classes"``) where two JSON-like values differ, with
+    both values there; ``None`` when they are equal.
+
+    >>> first_difference({"method": {"name": "wsl"}}, {"method": {"name": "soft-targets"}})
+    ('method.name', 'wsl', 'soft-targets')
+    """
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in [*before, *(k for k in after if k not in before)]:
+            found = first_difference(before.get(key), after.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for i, (a, b) in enumerate(zip(before, after)):
+            found = first_difference(a, b, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if before == after else (where, before, after)

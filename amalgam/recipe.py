@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 from amalgam.config import TrainConfig
 from amalgam.errors import RecipeError
+from amalgam.fields import check_types
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +51,9 @@ class TeacherEntry:
     name: str | None = None
     trust_remote_code: bool = False
 
+    def __post_init__(self) -> None:
+        check_types(self)
+
 
 @dataclass
 class DataSection:
@@ -57,11 +61,21 @@ class DataSection:
     labeled_fraction: float = 0.0
     image_size: int | None = None
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not 0.0 <= self.labeled_fraction <= 1.0:
+            raise ValueError(f"labeled_fraction must be within [0, 1], got {self.labeled_fraction}")
+        _positive_or_none("image_size", self.image_size)
+
 
 @dataclass
 class StudentSection:
     architecture: str = "test_efficientnet"
     input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _positive_or_none("input_size", self.input_size)
 
 
 @dataclass
@@ -69,10 +83,21 @@ class MethodSection:
     name: str = "soft-targets"
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_types(self)
+
 
 @dataclass
 class OutputSection:
     dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        check_types(self)
+
+
+def _positive_or_none(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be a positive number of pixels (or left out), got {value}")
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 from amalgam.api import DEFAULT_STUDENT, amalgamate
 from amalgam.app.teachers import TeacherCatalog
-from amalgam.errors import AmalgamError, DataError, MethodError, RunCancelled, TeacherError
-from amalgam.methods.registry import method_options
+from amalgam.errors import AmalgamError, DataError, RunCancelled, TeacherError
+from amalgam.methods.registry import check_method
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,7 @@ class RunRequest:
         """Refuse what would fail only later, in the background: no teachers, bad options, budget out of range."""
         if not self.teachers:
             raise TeacherError("add at least one teacher before starting a run")
-        accepted = method_options(self.method)  # also refuses an unknown method
-        unknown = sorted(set(self.method_options) - set(accepted))
-        if unknown:
-            raise MethodError(f"method {self.method!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+        check_method(self.method, dict(self.method_options))
         if not 0.0 <= self.labeled_fraction <= 1.0:
             raise DataError(f"the labeled fraction must be within [0, 1], got {self.labeled_fraction}")
         if int(self.epochs) != self.epochs or self.epochs < 1:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from amalgam.errors import MethodError
+from amalgam.fields import check_types
 from amalgam.students.heads import Head
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
@@ -172,14 +173,12 @@ class Setup:
 @dataclass
 class Options:
     """Base of every method's options: one dataclass per method, inherited along its family, so a variant adds
-    its own fields to its parent's instead of retyping them. Every option typed as a ``Literal`` is checked
-    against its values here; a subclass validates the rest in its ``__post_init__`` (calling this one first)
+    its own fields to its parent's instead of retyping them. Every option is checked against its annotation here
+    (a ``Literal`` against its values); a subclass validates the rest in its ``__post_init__`` (calling this one first)
     with :meth:`require`, and the error is then prefixed with the method's name."""
 
     def __post_init__(self) -> None:
-        for name, allowed in option_choices(type(self)).items():
-            value = getattr(self, name)
-            self.require(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
+        check_types(self, MethodError)  # a Literal's values, and ``temperature = "hot"`` before any arithmetic
 
     @staticmethod
     def require(ok: bool, message: str) -> None:

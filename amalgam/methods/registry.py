@@ -70,6 +70,18 @@ def get_method(name: str) -> type[Method]:
     return _METHODS[name]
 
 
+def check_method(name: str, options: dict[str, Any] | None = None) -> None:
+    """Refuse an unknown method, or options it does not accept or whose values do not fit, before anything
+    is loaded (teachers and data are not needed to check them).
+
+    >>> check_method("soft-targets", {"temperature": "hot"})
+    Traceback (most recent call last):
+    ...
+    amalgam.errors.MethodError: soft-targets: temperature must be a number, got 'hot'
+    """
+    build_options(get_method(name), None, dict(options or {}))
+
+
 def create_method(
     name: str, label_space: LabelSpace, teachers: Sequence[Teacher], options: dict[str, Any] | None = None
 ) -> Method:

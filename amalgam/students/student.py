@@ -16,6 +16,29 @@ from amalgam.teachers.preprocess import ImageSpec
 MIN_INPUT_SIZE = 32  # timm's small CNNs downsample by 32; smaller inputs vanish
 
 
+def check_architecture(architecture: str) -> str:
+    """Refuse a name timm cannot build, with the closest names it knows (before any teacher or data is loaded).
+
+    >>> check_architecture("test_efficientnet")
+    'test_efficientnet'
+    >>> check_architecture("resnet_18")
+    Traceback (most recent call last):
+    ...
+    amalgam.errors.StudentError: unknown student architecture 'resnet_18': timm has no such model; close names: ...
+    """
+    import difflib
+
+    import timm
+
+    if not isinstance(architecture, str) or not timm.is_model(architecture):
+        close = difflib.get_close_matches(str(architecture), timm.list_models(), n=5, cutoff=0.6)
+        raise StudentError(
+            f"unknown student architecture {architecture!r}: timm has no such model; close names: "
+            f"{', '.join(close) or 'none'} (timm.list_models('*pattern*') lists them all)"
+        )
+    return architecture
+
+
 class Student(
     nn.Module,
     PyTorchModelHubMixin,
@@ -61,7 +84,7 @@ class Student(
         import timm
 
         super().__init__()
-        self.architecture = architecture
+        self.architecture = check_architecture(architecture)
         self.class_names = [str(c) for c in class_names]
         self.input_spec = ImageSpec(size=input_size, channels=channels, mean=mean, std=std)
         self.head_specs = check_heads([Head.of(h) for h in heads]) if heads is not None else []
