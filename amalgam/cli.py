@@ -1,5 +1,5 @@
 """The ``amalgam`` command line: ``amalgam run [RECIPE]`` (``--resume RUN_DIR`` continues a run that stopped),
-``amalgam methods``, ``amalgam teacher SOURCE``, ``amalgam push RUN_DIR REPO_ID``."""
+``amalgam methods``, ``amalgam teacher SOURCE``, ``amalgam cache verify``, ``amalgam push RUN_DIR REPO_ID``."""
 
 from __future__ import annotations
 
@@ -149,6 +149,19 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from amalgam.knowledge import knowledge_root, verify_knowledge_cache
+
+    root = Path(args.root) if args.root else knowledge_root()
+    damaged = verify_knowledge_cache(root)
+    for folder, problem in damaged.items():
+        print(f"damaged, removed: {folder.name}: {problem}")
+    kept = [f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")] if root.is_dir() else []
+    print(f"{len(kept)} teacher caches in {root} match their checksums; {len(damaged)} damaged ones removed "
+          "(computed again by the next run that needs them)")
+    return 1 if damaged else 0
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     from amalgam.publish import push_run
 
@@ -181,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("source", help="hf-hub:org/name, org/name, or a folder")
     teacher.add_argument("--revision")
     teacher.set_defaults(func=_cmd_teacher)
+    cache = commands.add_parser("cache", help="the knowledge cache of teacher outputs")
+    cache.add_argument("action", choices=("verify",), help="verify: read every cache whole against its checksums")
+    cache.add_argument("--root", help="the cache folder (default: $AMALGAM_HOME/knowledge)")
+    cache.set_defaults(func=_cmd_cache)
     push = commands.add_parser("push", help="publish a run's student to the Hugging Face Hub, with a model card")
     push.add_argument("run_dir", help="a run folder (written by `amalgam run` or amalgamate(run_dir=...))")
     push.add_argument("repo_id", help="the model repo, org/name (created if needed)")

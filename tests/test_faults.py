@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import amalgam
 from amalgam.cli import main
@@ -116,3 +118,67 @@ def test_case3_the_api_refuses_bad_budget_types():
         amalgam.amalgamate(teachers, epochs=True, progress=False)
     with pytest.raises(ValueError, match="seed must be 0 or a positive integer"):
         amalgam.amalgamate(teachers, seed=-1, progress=False)
+
+
+# ---- 4. a damaged knowledge cache ---------------------------------------------------------------------------------
+
+def _cache_build(teacher, data, root):
+    from amalgam.knowledge import KnowledgeCache
+
+    return KnowledgeCache.build([teacher], data, data_name="digits-part", root=root, progress=False)
+
+
+@pytest.fixture()
+def cached(tmp_path):
+    from amalgam.data import TensorImages, load_digits
+
+    digits = load_digits()
+    data = TensorImages(digits.train.images[:200], digits.train.labels[:200])
+    teacher = tiny_teachers(DIGIT_HALVES[0])[0]
+    cache = _cache_build(teacher, data, tmp_path)
+    (folder,) = cache.folders
+    return teacher, data, tmp_path, folder, cache.logits[0].clone()
+
+
+def _flip_bytes(path: Path, at: int, count: int = 64) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at:at + count] = bytes(255 - b for b in raw[at:at + count])
+    path.write_bytes(bytes(raw))
+
+
+def test_case4_changed_bytes_are_found_and_computed_again(cached, caplog):
+    teacher, data, root, folder, logits = cached
+    arrow = folder / "knowledge.arrow"
+    _flip_bytes(arrow, arrow.stat().st_size // 2)  # inside the logits: read back silently before
+    with caplog.at_level("WARNING", logger="amalgam.knowledge.cache"):
+        again = _cache_build(teacher, data, root)
+    assert "does not match its checksum" in caplog.text and "computing it again" in caplog.text
+    assert torch.equal(again.logits[0], logits)
+
+
+def test_case4_a_truncated_cache_is_computed_again_not_a_crash(cached, caplog):
+    teacher, data, root, folder, logits = cached
+    arrow = folder / "knowledge.arrow"
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 3])
+    with caplog.at_level("WARNING", logger="amalgam.knowledge.cache"):
+        again = _cache_build(teacher, data, root)
+    assert "truncated or changed" in caplog.text
+    assert torch.equal(again.logits[0], logits)
+
+
+def test_case4_the_full_check_finds_damage_an_open_samples_past(cached, monkeypatch, capsys):
+    from amalgam.knowledge import integrity
+
+    teacher, data, root, folder, _ = cached
+    monkeypatch.setattr(integrity, "BLOCK_BYTES", 256)  # many small blocks, so an open checks only a sample
+    shutil.rmtree(folder)
+    (folder,) = _cache_build(teacher, data, root).folders
+    blocks = json.loads((folder / "key.json").read_text())["arrow"]["blocks"]
+    checked = integrity.blocks_to_check(len(blocks), full=False)
+    unchecked = next(i for i in range(len(blocks)) if i not in checked)
+    _flip_bytes(folder / "knowledge.arrow", unchecked * 256, 8)
+    assert integrity.check_file(folder / "knowledge.arrow", json.loads((folder / "key.json").read_text())["arrow"]) \
+        is None  # the cheap check on open samples past it
+    assert main(["cache", "verify", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"block {unchecked + 1} of {len(blocks)}" in out and not folder.exists()

@@ -1,9 +1,11 @@
 """Teacher knowledge for training: live teachers, or their outputs computed once (in memory or on disk)."""
 
-from amalgam.knowledge.cache import DEFAULT_MAX_CACHE_GB, KnowledgeCache, KnowledgeCacheError, knowledge_root
+from amalgam.knowledge.cache import (
+    DEFAULT_MAX_CACHE_GB, KnowledgeCache, KnowledgeCacheError, knowledge_root, verify_knowledge_cache,
+)
 from amalgam.knowledge.signals import CachedSignals, IndexedImages, LiveSignals, TeacherSignals
 
 __all__ = [
     "DEFAULT_MAX_CACHE_GB", "CachedSignals", "IndexedImages", "KnowledgeCache", "KnowledgeCacheError", "LiveSignals",
-    "TeacherSignals", "knowledge_root",
+    "TeacherSignals", "knowledge_root", "verify_knowledge_cache",
 ]

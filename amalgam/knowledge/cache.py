@@ -18,6 +18,10 @@ column (float32, exact) and one ``tap_<i>`` column per tap (float16, flattened; 
 renamed to ``<key>/`` only once complete, so a crash never leaves a folder that a later run reads; a failed
 write removes its partial folder, and partial folders left by dead processes are removed on the next write.
 
+**Integrity.** ``key.json`` also holds the Arrow file's size and block checksums (:mod:`.integrity`); a cache
+whose file was truncated or changed is found when it is opened, removed with a warning and computed again
+(:func:`verify_knowledge_cache`, or ``amalgam cache verify``, reads every cache whole).
+
 **Memory.** Teachers are run one at a time, rows are streamed to disk batch by batch, and teachers given as
 sources (Hub ids, folders) are loaded one at a time and freed after use: peak memory is about the largest
 teacher plus a batch, not the sum of the teachers (``bench/memory.py`` measures it).
@@ -49,6 +53,7 @@ from tqdm.auto import tqdm
 
 from amalgam.data.images import RelabeledImages, TensorImages
 from amalgam.errors import AmalgamError
+from amalgam.knowledge.integrity import check_file, file_checksums
 from amalgam.knowledge.signals import CACHE_BATCH, IndexedImages
 from amalgam.paths import amalgam_home
 from amalgam.teachers.sources import TEACHER_FILES
@@ -56,7 +61,7 @@ from amalgam.teachers.teacher import Teacher, TeacherOutput, load_teacher
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the layout or the meaning of the stored numbers changes
+FORMAT_VERSION = 2  # bump when the layout or the meaning of the stored numbers changes (2: checksums)
 DEFAULT_MAX_CACHE_GB = 20.0
 ARROW_FILE = "knowledge.arrow"
 KEY_FILE = "key.json"
@@ -272,17 +277,49 @@ class KnowledgeCache:
         return outputs
 
 
-def _complete(folder: Path, size: int) -> bool:
-    """Whether ``folder`` is a finished cache of ``size`` rows (only renamed-into-place folders exist)."""
+def verify_knowledge_cache(root: str | os.PathLike | None = None) -> dict[Path, str]:
+    """Read every cache under ``root`` (default :func:`knowledge_root`) whole against its checksums; remove the
+    damaged ones (the next run that needs them computes them again) and return what was wrong with each.
+
+    Opening a cache checks only its size and part of its blocks when it is large; this checks all of them.
+    """
+    root = Path(root) if root is not None else knowledge_root()
+    damaged = {}
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith(PARTIAL_PREFIX):
+            meta = _read_meta(folder)
+            problem = "key.json is unreadable" if meta is None else check_file(folder / ARROW_FILE, meta.get("arrow"),
+                                                                                full=True)
+            if problem is not None:
+                logger.warning("knowledge cache: %s is damaged (%s); removed", folder, problem)
+                shutil.rmtree(folder, ignore_errors=True)
+                damaged[folder] = problem
+    return damaged
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
     try:
-        meta = json.loads((folder / KEY_FILE).read_text())
+        return json.loads((folder / KEY_FILE).read_text())
     except (OSError, ValueError):
+        return None
+
+
+def _complete(folder: Path, size: int) -> bool:
+    """Whether ``folder`` is a finished, undamaged cache of ``size`` rows (only renamed-into-place folders exist;
+    a damaged one is removed, with a warning, to be computed again)."""
+    meta = _read_meta(folder)
+    if meta is None:
         if folder.exists():  # not ours, or damaged by hand: recompute rather than trust it
             logger.warning("knowledge cache: %s is unreadable; computing it again", folder)
             shutil.rmtree(folder, ignore_errors=True)
         return False
     if meta.get("samples") != size or not (folder / ARROW_FILE).is_file():
         logger.warning("knowledge cache: %s does not match its key; computing it again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    problem = check_file(folder / ARROW_FILE, meta.get("arrow"))
+    if problem is not None:
+        logger.warning("knowledge cache: %s is damaged (%s); computing it again", folder, problem)
         shutil.rmtree(folder, ignore_errors=True)
         return False
     return True
@@ -327,6 +364,7 @@ def _write(teacher: Teacher, taps: list[str], data: Dataset, folder: Path, mater
         rows, _ = writer.finalize()
         if rows != len(data):
             raise KnowledgeCacheError(f"teacher {teacher.name!r}: wrote {rows} rows for {len(data)} samples")
+        meta["arrow"] = file_checksums(partial / ARROW_FILE)  # checked on every open (integrity.py)
         (partial / KEY_FILE).write_text(json.dumps(meta, indent=2))  # last: a folder with key.json is whole
         try:
             partial.rename(folder)
