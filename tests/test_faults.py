@@ -182,3 +182,202 @@ def test_case4_the_full_check_finds_damage_an_open_samples_past(cached, monkeypa
     assert main(["cache", "verify", "--root", str(root)]) == 1
     out = capsys.readouterr().out
     assert f"block {unchecked + 1} of {len(blocks)}" in out and not folder.exists()
+
+
+# ---- 5-7. teachers ------------------------------------------------------------------------------------------------
+
+def _timm_folder(folder: Path, seed: int = 0) -> Path:
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=2, in_chans=1)
+    save_for_hf(model, folder, model_config={"label_names": ["cat", "dog"]}, safe_serialization=True)
+    return folder
+
+
+def test_case5_a_pickled_bin_beside_an_unrelated_safetensors_file_is_never_loaded(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from amalgam.errors import TeacherError
+    from amalgam.teachers import load_teacher
+
+    folder = _timm_folder(tmp_path / "teacher")
+    weights = load_file(folder / "model.safetensors")
+    torch.save(weights, folder / "pytorch_model.bin")  # loadable: timm would happily take it
+    (folder / "model.safetensors").unlink()
+    save_file({"step": torch.zeros(1)}, folder / "optimizer-notes.safetensors")
+    with pytest.raises(TeacherError, match="optimizer-notes.safetensors"):
+        load_teacher(folder)
+
+
+def test_case5_the_cache_key_follows_the_weights_loaded_not_stray_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from amalgam.knowledge.cache import teacher_identity
+    from amalgam.teachers import load_teacher
+
+    folder = _timm_folder(tmp_path / "teacher")
+    save_file({"notes": torch.zeros(1)}, folder / "notes.safetensors")
+    before = teacher_identity(load_teacher(folder))
+    save_file({"notes": torch.ones(1)}, folder / "notes.safetensors")
+    assert teacher_identity(load_teacher(folder)) == before  # not read, not in the key
+    _timm_folder(folder, seed=1)  # other weights in model.safetensors
+    assert teacher_identity(load_teacher(folder)) != before
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "header"])
+def test_case6_damaged_safetensors_is_a_teacher_error_naming_the_file(tmp_path, damage):
+    from amalgam.errors import TeacherError
+    from amalgam.teachers import load_teacher
+
+    folder = _timm_folder(tmp_path / "teacher")
+    weights = folder / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "header": b"\xff" * 16 + raw[16:]}[damage])
+    with pytest.raises(TeacherError, match=re.escape(f"weights file {weights}") + ".*not a complete safetensors"):
+        load_teacher(folder)
+
+
+def test_case6_a_transformers_config_without_id2label_is_a_teacher_error(tmp_path, demo_zoo):
+    from amalgam.errors import TeacherError
+    from amalgam.teachers import load_teacher
+
+    folder = tmp_path / "vit"
+    shutil.copytree(demo_zoo[1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("id2label", "label2id"):
+        config.pop(key, None)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TeacherError, match="has no id2label.*add id2label"):
+        load_teacher(folder)
+
+
+REMOTE_CONFIG = '''
+from transformers import PretrainedConfig
+
+class TinyRemoteConfig(PretrainedConfig):
+    model_type = "tiny-remote"
+
+    def __init__(self, num_channels=1, image_size=8, **kwargs):
+        self.num_channels, self.image_size = num_channels, image_size
+        super().__init__(**kwargs)
+'''
+REMOTE_MODEL = '''
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .configuration_tiny_remote import TinyRemoteConfig
+
+class TinyRemoteClassifier(PreTrainedModel):
+    config_class = TinyRemoteConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fc = torch.nn.Linear(config.num_channels, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values, output_hidden_states=False, **kwargs):
+        return ImageClassifierOutput(logits=self.fc(pixel_values.mean(dim=(2, 3))))
+'''
+
+
+def test_case7_a_hub_teacher_with_its_own_code_loads_when_allowed_by_name(tmp_path):
+    import sys
+    import textwrap
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hubserver import LocalHub, last_json, run_client
+
+    code = tmp_path / "code" / "tiny_remote"  # a package: the model file imports its config relatively
+    code.mkdir(parents=True)
+    (code / "__init__.py").write_text("")
+    (code / "configuration_tiny_remote.py").write_text(REMOTE_CONFIG)
+    (code / "modeling_tiny_remote.py").write_text(REMOTE_MODEL)
+    with LocalHub(tmp_path / "hub") as hub:
+        run_client(textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {str(code.parent)!r})
+            from tiny_remote.configuration_tiny_remote import TinyRemoteConfig
+            from tiny_remote.modeling_tiny_remote import TinyRemoteClassifier
+            from huggingface_hub import HfApi
+            TinyRemoteConfig.register_for_auto_class()
+            TinyRemoteClassifier.register_for_auto_class("AutoModelForImageClassification")
+            config = TinyRemoteConfig(id2label={{0: "cat", 1: "dog", 2: "owl"}})
+            TinyRemoteClassifier(config).save_pretrained({str(tmp_path / "repo")!r})
+            HfApi().create_repo("org/remote")
+            HfApi().upload_folder(repo_id="org/remote", folder_path={str(tmp_path / "repo")!r})
+        """), hub.endpoint, tmp_path / "hf-push")
+        loaded = last_json(run_client(textwrap.dedent("""
+            import json
+            from amalgam.errors import TeacherError
+            from amalgam.teachers import load_teacher
+            try:
+                load_teacher("hf-hub:org/remote")
+                refused = None
+            except TeacherError as err:
+                refused = str(err)
+            teacher = load_teacher("hf-hub:org/remote", trust_remote_code=True)
+            print(json.dumps({"refused": refused, "classes": teacher.class_names,
+                              "code": sorted(p.name for p in teacher.source.folder.glob("*.py"))}))
+        """), hub.endpoint, tmp_path / "hf-pull"))
+    assert "trust_remote_code=True" in loaded["refused"]
+    assert loaded["classes"] == ["cat", "dog", "owl"]
+    assert loaded["code"] == ["configuration_tiny_remote.py", "modeling_tiny_remote.py"]
+
+
+# ---- 8-9. data ----------------------------------------------------------------------------------------------------
+
+def _image_folder(root: Path, classes=("a", "b"), per_class: int = 3, fmt: str = "png") -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((12, 12, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(root / name / f"{i}.{fmt}")
+    return root
+
+
+@pytest.mark.parametrize("bad", ["not-an-image.png", "cut-short.jpg", "cut-short.png"])
+def test_case8_a_broken_image_file_is_named_before_anything_loads(tmp_path, bad):
+    from amalgam.data import load_data
+    from amalgam.errors import DataError
+
+    folder = _image_folder(tmp_path / "images", fmt=bad.rsplit(".", 1)[1])
+    target = folder / "b" / bad
+    if bad.startswith("not-an-image"):
+        target.write_text("just some notes, saved with the wrong name\n")
+    else:
+        raw = (folder / "b" / f"0.{bad.rsplit('.', 1)[1]}").read_bytes()
+        target.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=re.escape(str(target)) + ".*cannot be read as an image"):
+        load_data(str(folder))
+
+
+def test_case8_the_cli_names_the_file_and_leaves_no_run_folder(tmp_path, capsys):
+    folder = _image_folder(tmp_path / "images")
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(MISSING_TEACHER + f'[data]\nname = "{folder}"\n')
+    assert main(["run", str(recipe), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "/nowhere/teacher" not in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_case9_a_folder_of_a_single_class_says_so(tmp_path):
+    from amalgam.data import load_data
+    from amalgam.errors import DataError
+
+    folder = _image_folder(tmp_path / "images", classes=("cat",))
+    with pytest.raises(DataError, match=r"a single class folder \('cat', 3 images\).*at least two"):
+        load_data(str(folder))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(folder / "cat" / "0.png", flat / "0.png")
+    with pytest.raises(DataError, match="images outside class sub-folders"):
+        load_data(str(flat))

@@ -11,13 +11,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from amalgam.data.builtin import BUILTIN
+from amalgam.data.folders import IMAGE_SUFFIXES
 from amalgam.errors import DataError
 
 BUILTIN_SETS = sorted(BUILTIN)
 HUB_OR_FOLDER = "a datasets id or folder"
 ZIP_UPLOAD = "a zip of an image folder"
 DATA_KINDS = [*BUILTIN_SETS, HUB_OR_FOLDER, ZIP_UPLOAD]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_UNZIPPED_BYTES = 2 * 1024**3  # refuses zip bombs before anything is written
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 

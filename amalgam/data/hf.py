@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from amalgam.data.folders import check_image_folder
 from amalgam.data.images import ImageData
 from amalgam.errors import DataError
 from amalgam.hub import check_repo_id
@@ -32,7 +33,12 @@ class HFImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.split[int(index)]
-        image = row[self.image_column].convert("L" if self.channels == 1 else "RGB")
+        try:  # PIL opens lazily: a broken file fails here, and the error must say which one
+            image = row[self.image_column].convert("L" if self.channels == 1 else "RGB")
+        except (OSError, SyntaxError, ValueError) as err:
+            where = getattr(row[self.image_column], "filename", "") or f"row {index}"
+            raise DataError(f"image {where} of the data set cannot be decoded ({type(err).__name__}: {err}); "
+                            "remove or replace it") from None
         if image.size != (self.size[1], self.size[0]):
             image = image.resize((self.size[1], self.size[0]))
         array = np.asarray(image, dtype=np.uint8).reshape(image.size[1], image.size[0], self.channels)
@@ -60,6 +66,8 @@ def load_hf_images(source: str, image_size: int | None = None, revision: str | N
     import datasets
 
     path = Path(source).expanduser()
+    if path.is_dir():  # before datasets reads it: a bad layout or file is named, not found mid-run
+        check_image_folder(path)
     try:
         if path.is_dir():
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))

@@ -92,16 +92,17 @@ def teacher_identity(teacher: Teacher) -> dict[str, Any]:
     if source is not None and source.repo_id and source.revision and _COMMIT.match(source.revision):
         identity.update(repo_id=source.repo_id, revision=source.revision)
     elif source is not None:
-        identity["files"] = _hash_files(source.folder)
+        identity["files"] = _hash_files(source.folder, teacher.files)
     else:
         identity["state_dict"] = _hash_state_dict(teacher.model)
     return identity
 
 
-def _hash_files(folder: Path) -> str:
-    """Digest of the files a teacher is built from (the same patterns the Hub download fetches)."""
+def _hash_files(folder: Path, files: Sequence[Path] = ()) -> str:
+    """Digest of the files a teacher was built from (its config and the weights actually loaded), or, for a
+    teacher that does not say, of every file of the patterns the Hub download fetches."""
     digest = hashlib.blake2b(digest_size=20)
-    files = sorted({p for pattern in TEACHER_FILES for p in folder.rglob(pattern) if p.is_file()})
+    files = sorted(files) or sorted({p for pattern in TEACHER_FILES for p in folder.rglob(pattern) if p.is_file()})
     for path in files:
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         with path.open("rb") as f:

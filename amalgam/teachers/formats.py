@@ -33,6 +33,7 @@ class LoadedModel:
     input_spec: ImageSpec
     class_names: list[str] | None
     suggested_taps: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # what it was built from: its identity in the knowledge cache
 
 
 def read_config(folder: Path) -> dict:
@@ -50,12 +51,54 @@ def read_config(folder: Path) -> dict:
         raise TeacherError(f"{path} is not valid JSON: {err}") from None
 
 
-def _require_safetensors(folder: Path) -> None:
-    if not any(folder.glob("*.safetensors")):
+def _safetensors_files(folder: Path, library: str) -> list[Path]:
+    """The safetensors files the model is loaded from (and only those: a pickled ``.bin`` beside them is never
+    read), each checked to be a readable safetensors file. timm: ``model.safetensors``, else the folder's only
+    ``.safetensors`` file; transformers: ``model.safetensors`` or the shards its index names."""
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
         raise TeacherError(
             f"{folder} has no .safetensors weights. amalgam does not load pickled weights (.bin/.pth) from "
             "folders or the Hub; convert them with safetensors.torch.save_file first."
         )
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif library == "transformers" and index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as err:
+            raise TeacherError(f"{index} is not a safetensors index (a 'weight_map' of tensor -> file): {err}") from None
+        files = [folder / shard for shard in shards]
+    elif library == "timm" and len(found) == 1:
+        files = found
+    else:
+        raise TeacherError(
+            f"{folder} has no model.safetensors, and amalgam will not guess which of {[f.name for f in found]} "
+            f"holds the {library} model's weights: name the weights file model.safetensors."
+        )
+    for file in files:
+        check_safetensors(file)
+    return files
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise a :class:`TeacherError` naming ``path`` unless it is a complete safetensors file (its header parses
+    and every tensor it declares lies inside the file): an empty, truncated or corrupted download."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise TeacherError(f"weights file {path} is missing (named by the model's safetensors index)")
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        size = path.stat().st_size
+        raise TeacherError(
+            f"weights file {path} ({size} bytes) is not a complete safetensors file ({err}): the download or copy "
+            "was cut short or the file is damaged. Download it again (for a Hub teacher: delete it from the HF "
+            "cache, or `hf download` the repo with --force-download)."
+        ) from None
 
 
 def load_model_folder(folder: Path, trust_remote_code: bool = False) -> LoadedModel:
@@ -74,11 +117,12 @@ def load_model_folder(folder: Path, trust_remote_code: bool = False) -> LoadedMo
 def _load_timm(folder: Path, config: dict) -> LoadedModel:
     import timm
 
-    _require_safetensors(folder)
-    try:
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    (weights,) = _safetensors_files(folder, "timm")
+    try:  # the checked file, not timm's own choice (which prefers pytorch_model.bin to other .safetensors names)
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True,
+                                  pretrained_cfg_overlay={"source": "file", "file": str(weights)})
     except RuntimeError as err:
-        raise TeacherError(f"timm could not load {folder}: {err}") from None
+        raise TeacherError(f"timm could not load {folder} with the weights of {weights.name}: {err}") from None
     cfg = model.pretrained_cfg
     labels = cfg.get("label_names") or config.get("label_names")
     if isinstance(labels, dict):  # timm allows {index: name} when indices have gaps
@@ -90,6 +134,7 @@ def _load_timm(folder: Path, config: dict) -> LoadedModel:
         input_spec=ImageSpec.from_timm_config(cfg),
         class_names=list(labels) if labels else None,
         suggested_taps=[info["module"] for info in getattr(model, "feature_info", []) if info.get("module")],
+        files=[folder / "config.json", weights],
     )
 
 
@@ -109,11 +154,19 @@ def _load_transformers(folder: Path, config: dict, trust_remote_code: bool) -> L
             "is not an image classifier: amalgam's image task needs teachers that map images to class logits "
             "(transformers' AutoModelForImageClassification, or a timm model)."
         )
-    _require_safetensors(folder)
+    weights = _safetensors_files(folder, "transformers")
     hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    model = AutoModelForImageClassification.from_pretrained(
-        folder, config=hf_config, trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            folder, config=hf_config, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        hint = ""
+        if "id2label" not in config and "num_labels" not in config:
+            hint = (" Its config.json has no id2label, so transformers builds a 2-class classifier that the "
+                    "weights may not fit: add id2label (one name per output) to config.json.")
+        raise TeacherError(f"transformers could not load {folder} from {[w.name for w in weights]}: "
+                           f"{str(err).strip().splitlines()[0]}.{hint}") from None
     processor_path = folder / "preprocessor_config.json"
     processor = json.loads(processor_path.read_text()) if processor_path.is_file() else {}
     if not processor:
@@ -130,4 +183,6 @@ def _load_transformers(folder: Path, config: dict, trust_remote_code: bool) -> L
         input_spec=ImageSpec.from_transformers_processor(processor, getattr(hf_config, "num_channels", 3)),
         class_names=labels,
         suggested_taps=[f"hidden_states.{i}" for i in range(num_layers + 1)] if num_layers else [],
+        files=[folder / "config.json", *([processor_path] if processor_path.is_file() else []), *weights,
+               *sorted(folder.glob("*.py"))],
     )

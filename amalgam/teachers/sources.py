@@ -17,8 +17,10 @@ from amalgam.hub import check_repo_id
 
 HUB_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
-# Files a teacher needs; pickled weights are deliberately absent.
+# Files a teacher needs; pickled weights are deliberately absent, and a repo's Python code is fetched only for a
+# teacher loaded with trust_remote_code=True (transformers then imports it).
 TEACHER_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+REMOTE_CODE_FILES = ["*.py"]
 _REPO_ID_SHAPE = re.compile(r"^[^/\s]+/[^/\s]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -39,8 +41,10 @@ class ResolvedSource:
         return str(self.folder)
 
 
-def resolve_source(source: str | os.PathLike, revision: str | None = None) -> ResolvedSource:
-    """Resolve ``source`` to a local folder.
+def resolve_source(source: str | os.PathLike, revision: str | None = None,
+                   remote_code: bool = False) -> ResolvedSource:
+    """Resolve ``source`` to a local folder; ``remote_code`` also downloads a Hub repo's ``*.py`` files (for a
+    teacher the caller allowed to run its own code).
 
     Accepted forms: ``hf-hub:org/name`` (optionally ``@revision``), ``org/name`` when no such local folder
     exists, ``local-dir:/path``, or a path to an existing folder.
@@ -53,7 +57,7 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None) -> Re
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
         repo_id, _, pinned = text[len(HUB_PREFIX):].partition("@")
-        return _download(check_repo_id(repo_id, "teacher", TeacherError), revision or pinned or None)
+        return _download(check_repo_id(repo_id, "teacher", TeacherError), revision or pinned or None, remote_code)
     if text.startswith(LOCAL_PREFIX):
         return _local(Path(text[len(LOCAL_PREFIX):]))
     path = Path(text).expanduser()
@@ -62,7 +66,7 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None) -> Re
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise TeacherError(f"teacher folder {text!r} does not exist")
     if _REPO_ID_SHAPE.match(text):
-        return _download(check_repo_id(text, "teacher", TeacherError), revision)
+        return _download(check_repo_id(text, "teacher", TeacherError), revision, remote_code)
     raise TeacherError(
         f"unknown teacher source {text!r}: expected 'hf-hub:org/name', 'org/name', a path to a model folder, "
         "or an nn.Module together with class_names=..."
@@ -76,7 +80,7 @@ def _local(path: Path) -> ResolvedSource:
     return ResolvedSource(folder=path)
 
 
-def _download(repo_id: str, revision: str | None) -> ResolvedSource:
+def _download(repo_id: str, revision: str | None, remote_code: bool = False) -> ResolvedSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
@@ -85,7 +89,8 @@ def _download(repo_id: str, revision: str | None) -> ResolvedSource:
     )
 
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=TEACHER_FILES))
+        patterns = TEACHER_FILES + (REMOTE_CODE_FILES if remote_code else [])
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except RevisionNotFoundError:
         raise TeacherError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
     except RepositoryNotFoundError:

@@ -73,6 +73,7 @@ class Teacher(FrozenModel):
         self.name = name
         self.source = source
         self._suggested_taps = list(loaded.suggested_taps)
+        self.files = list(loaded.files)  # the files it was built from (none for a module)
 
     def tap_names(self, all_modules: bool = False) -> list[str]:
         """Suggested feature taps (stage outputs or hidden states); with ``all_modules``, every module path."""
@@ -173,7 +174,7 @@ def load_teacher(
         loaded = _loaded_module(source, input_spec)
         default_name = type(source).__name__
     elif isinstance(source, (str, os.PathLike)):
-        resolved = resolve_source(source, revision)
+        resolved = resolve_source(source, revision, remote_code=trust_remote_code)
         loaded = load_model_folder(resolved.folder, trust_remote_code=trust_remote_code)
         default_name = resolved.repo_id.split("/")[-1] if resolved.repo_id else resolved.folder.name
         if input_spec is not None:
