@@ -2,6 +2,7 @@
 
     python app.py                      # http://127.0.0.1:7860, runs saved under ./runs
     python app.py --runs-dir runs --port 7861 --max-runs 2
+    python app.py --host 0.0.0.0 --allow-paths /srv/models   # on the network: server folders only under these
 
 The page and its logic live in ``amalgam/app/``; this file only parses the command line and launches.
 """
@@ -9,8 +10,11 @@ The page and its logic live in ``amalgam/app/``; this file only parses the comma
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from amalgam.app import RunManager, build_app
+from amalgam.app.paths import PathPolicy
+from amalgam.paths import amalgam_home
 
 
 def main() -> None:
@@ -19,10 +23,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-runs", type=int, default=1, help="runs trained at once; later ones wait in a queue")
+    parser.add_argument("--allow-paths", action="append", default=[], metavar="DIR",
+                        help="a server folder the page may name as a teacher or data (repeatable). Beyond "
+                             "127.0.0.1 no other server folder is accepted; on 127.0.0.1 any is, unless this is given")
     args = parser.parse_args()
     manager = RunManager(args.runs_dir, max_concurrent=args.max_runs)
+    paths = PathPolicy.for_host(args.host, allowed=args.allow_paths,
+                                own=[amalgam_home() / "zoo", Path(args.runs_dir) / ".uploads"])
     try:
-        build_app(args.runs_dir, manager).launch(server_name=args.host, server_port=args.port)
+        build_app(args.runs_dir, manager, paths).launch(server_name=args.host, server_port=args.port)
     finally:
         manager.shutdown()  # a run still going is cancelled, not waited for
 

@@ -381,3 +381,107 @@ def test_case9_a_folder_of_a_single_class_says_so(tmp_path):
     shutil.copy(folder / "cat" / "0.png", flat / "0.png")
     with pytest.raises(DataError, match="images outside class sub-folders"):
         load_data(str(flat))
+
+
+# ---- 10-12. the app -----------------------------------------------------------------------------------------------
+
+def _zip_of_images(path: Path, count: int) -> Path:
+    import zipfile
+
+    from PIL import Image
+
+    folder = _image_folder(path.parent / f"{path.stem}-images", per_class=count // 2)
+    with zipfile.ZipFile(path, "w") as archive:
+        for image in sorted(folder.rglob("*.png")):
+            archive.write(image, image.relative_to(folder).as_posix())
+    assert Image.open(image).size == (12, 12)
+    return path
+
+
+def test_case10_a_zip_over_the_entry_limit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from amalgam.app import data as app_data
+    from amalgam.errors import DataError
+
+    monkeypatch.setattr(app_data, "MAX_ZIP_ENTRIES", 50)
+    archive = _zip_of_images(tmp_path / "many.zip", 60)
+    with pytest.raises(DataError, match="many.zip has 60 entries, more than the 50 this app unpacks"):
+        app_data.extract_image_zip(archive, tmp_path / "uploads")
+    assert not (tmp_path / "uploads").exists()
+
+
+@pytest.fixture(scope="module")
+def served(demo_zoo, tmp_path_factory):
+    """The app as it serves beyond 127.0.0.1: server folders only under ``allowed`` (and the demo zoo)."""
+    from gradio_client import Client
+
+    from amalgam.app import PathPolicy, RunManager, build_app
+    from tests.test_app import free_port
+
+    root = tmp_path_factory.mktemp("served")
+    allowed = root / "allowed"
+    shutil.copytree(demo_zoo[0], allowed / "cnn")
+    runs = root / "runs"
+    manager = RunManager(runs)
+    policy = PathPolicy.for_host("0.0.0.0", allowed=[allowed], own=[demo_zoo[0].parent, runs / ".uploads"])
+    app = build_app(runs, manager, policy)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield {"client": Client(app.local_url, verbose=False), "root": root, "allowed": allowed, "runs": runs}
+    app.close()
+    manager.shutdown()
+
+
+def test_case10_an_upload_is_unpacked_only_for_a_request_that_can_run(served, tmp_path):
+    from gradio_client import handle_file
+
+    from amalgam.app.data import ZIP_UPLOAD
+
+    client = served["client"]
+    client.predict(api_name="/add_demo_teachers")
+    archive = _zip_of_images(tmp_path / "upload.zip", 6)
+    _, message = client.predict(ZIP_UPLOAD, "", handle_file(str(archive)), "soft-targets", '{"temprature": 2}', 0.0,
+                                1, 0.01, "test_efficientnet", api_name="/start_run")
+    assert "has no option(s) ['temprature']" in message
+    assert not (served["runs"] / ".uploads").exists() or not any((served["runs"] / ".uploads").iterdir())
+
+
+def test_case11_beyond_loopback_server_folders_are_refused_outside_the_allowed_ones(served, demo_zoo):
+    client = served["client"]
+    *_, message = client.predict("/etc", api_name="/add_teacher")
+    assert "is a folder on the server" in message and "--allow-paths" in message
+    outside = served["root"] / "outside"
+    shutil.copytree(demo_zoo[0], outside, dirs_exist_ok=True)
+    *_, message = client.predict(str(outside), api_name="/add_teacher")
+    assert "is a folder on the server" in message
+    link = served["allowed"] / "sneaky"  # a link inside the allowed folder to one outside it
+    link.symlink_to(outside)
+    *_, message = client.predict(str(link), api_name="/add_teacher")
+    assert "is a folder on the server" in message
+    *_, message = client.predict(str(served["allowed"] / "cnn"), api_name="/add_teacher")
+    assert message.startswith("Added teacher")
+    _, message = client.predict("a datasets id or folder", "/usr/share", None, "soft-targets", "{}", 0.0, 1, 0.01,
+                                "test_efficientnet", api_name="/start_run")
+    assert "data '/usr/share' is a folder on the server" in message
+
+
+def test_case11_the_policy_by_host():
+    from amalgam.app import PathPolicy
+
+    assert PathPolicy.for_host("127.0.0.1").roots is None  # the operator's own machine: any folder
+    assert PathPolicy.for_host("0.0.0.0").roots == ()  # the network: none but the app's own
+    PathPolicy.for_host("0.0.0.0").check("hf-hub:org/name", "teacher")  # Hub ids are always fine
+
+
+def test_case12_user_errors_are_messages_not_gradios_generic_exception(served, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client = served["client"]
+    truncated = served["allowed"] / "truncated"
+    shutil.copytree(served["allowed"] / "cnn", truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    *_, message = client.predict(str(truncated), api_name="/add_teacher")
+    assert message.startswith("**Error:**") and "not a complete safetensors file" in message
+    (tmp_path / "photo.png").write_text("this is text, not a picture")
+    with pytest.raises(AppError, match="photo.png is not a picture that can be read.*upload a PNG"):
+        client.predict("any-run", handle_file(str(tmp_path / "photo.png")), api_name="/predict")

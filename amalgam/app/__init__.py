@@ -7,12 +7,13 @@ Example:
     >>> build_app("runs").launch()  # doctest: +SKIP
 """
 
+from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import ModelAnswer, Tryout, image_to_batch, sample_image
 from amalgam.app.runs import RunManager, RunRequest, RunState, RunSummary, list_runs, read_run, run_folder
 from amalgam.app.teachers import TeacherCatalog, union_markdown
 from amalgam.app.ui import build_app
 
 __all__ = [
-    "ModelAnswer", "RunManager", "RunRequest", "RunState", "RunSummary", "TeacherCatalog", "Tryout", "build_app",
+    "ModelAnswer", "PathPolicy", "RunManager", "RunRequest", "RunState", "RunSummary", "TeacherCatalog", "Tryout", "build_app",
     "image_to_batch", "list_runs", "read_run", "run_folder", "sample_image", "union_markdown",
 ]

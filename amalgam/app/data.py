@@ -18,7 +18,9 @@ BUILTIN_SETS = sorted(BUILTIN)
 HUB_OR_FOLDER = "a datasets id or folder"
 ZIP_UPLOAD = "a zip of an image folder"
 DATA_KINDS = [*BUILTIN_SETS, HUB_OR_FOLDER, ZIP_UPLOAD]
-MAX_UNZIPPED_BYTES = 2 * 1024**3  # refuses zip bombs before anything is written
+# Checked from the archive's directory before anything is written: zip bombs, and uploads too big to train on here.
+MAX_UNZIPPED_BYTES = 2 * 1024**3
+MAX_ZIP_ENTRIES = 50_000
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
@@ -61,17 +63,14 @@ def extract_image_zip(archive: Path, uploads_dir: Path) -> Path:
     """
     if not zipfile.is_zipfile(archive):
         raise DataError(f"{archive.name} is not a zip archive: upload a .zip of an image folder")
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
-    target = uploads_dir / digest
-    if target.is_dir():
-        return target
     with zipfile.ZipFile(archive) as zipped:
-        images = _class_images(zipped, archive.name)
-        if sum(info.file_size for _, info in images) > MAX_UNZIPPED_BYTES:
-            raise DataError(f"{archive.name} unpacks to more than {MAX_UNZIPPED_BYTES // 1024**3} GiB of images")
+        images = check_image_zip(zipped, archive.name)
+        target = uploads_dir / hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+        if target.is_dir():
+            return target
         uploads_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=uploads_dir, prefix=".unzip-") as scratch:
-            staged = Path(scratch) / digest
+            staged = Path(scratch) / target.name
             for class_name, info in images:
                 destination = staged / class_name / PurePosixPath(info.filename).name
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +78,20 @@ def extract_image_zip(archive: Path, uploads_dir: Path) -> Path:
                     shutil.copyfileobj(source, out)
             staged.rename(target)  # complete or absent: an interrupted upload never leaves half a data set
     return target
+
+
+def check_image_zip(zipped: zipfile.ZipFile, name: str) -> list[tuple[str, zipfile.ZipInfo]]:
+    """The archive's class images, after checking its size, entry count and layout from its directory alone."""
+    entries = zipped.infolist()
+    if len(entries) > MAX_ZIP_ENTRIES:
+        raise DataError(f"{name} has {len(entries):,} entries, more than the {MAX_ZIP_ENTRIES:,} this app unpacks; "
+                        "upload a smaller sample, or give the app's operator a datasets id or folder to use")
+    images = _class_images(zipped, name)
+    total = sum(info.file_size for _, info in images)
+    if total > MAX_UNZIPPED_BYTES:
+        raise DataError(f"{name} unpacks to {total / 1024**3:.1f} GiB of images, more than the "
+                        f"{MAX_UNZIPPED_BYTES / 1024**3:g} GiB this app unpacks")
+    return images
 
 
 def _class_images(zipped: zipfile.ZipFile, name: str) -> list[tuple[str, zipfile.ZipInfo]]:

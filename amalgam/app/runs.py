@@ -16,6 +16,7 @@ from amalgam.api import DEFAULT_STUDENT, amalgamate
 from amalgam.app.teachers import TeacherCatalog
 from amalgam.errors import AmalgamError, DataError, RunCancelled, TeacherError
 from amalgam.methods.registry import check_method
+from amalgam.students.student import check_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class RunRequest:
         if not self.teachers:
             raise TeacherError("add at least one teacher before starting a run")
         check_method(self.method, dict(self.method_options))
+        check_architecture(self.student)
         if not 0.0 <= self.labeled_fraction <= 1.0:
             raise DataError(f"the labeled fraction must be within [0, 1], got {self.labeled_fraction}")
         if int(self.epochs) != self.epochs or self.epochs < 1:

@@ -6,7 +6,9 @@ never ends in a stack trace and the app keeps serving.
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +17,7 @@ import pandas as pd
 
 from amalgam.api import DEFAULT_STUDENT
 from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
+from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import Tryout, sample_image
 from amalgam.app.runs import FINISHED, RunManager, RunRequest, RunState, list_runs, read_run, run_folder
 from amalgam.app.teachers import TEACHER_COLUMNS, teacher_rows, union_markdown
@@ -25,6 +28,8 @@ from amalgam.app.views import (
 from amalgam.errors import AmalgamError
 from amalgam.methods import available_methods
 
+logger = logging.getLogger(__name__)
+
 POLL_SECONDS = 0.5  # how often a watched run's page is refreshed
 ANSWER_COLUMNS = ["model", "top classes", "milliseconds"]
 PER_CLASS_COLUMNS = ["class", "student accuracy", "known by"]
@@ -32,16 +37,40 @@ NO_RUN = "*No run chosen yet: start one, or choose a finished run in the Run tab
 
 
 def _error(err: Exception) -> str:
-    """Show ``err`` as a toast, and return it as the message line's Markdown."""
-    gr.Warning(str(err))
-    return f"**Error:** {html.escape(str(err), quote=False)}"
+    """Show ``err`` as a toast, and return it as the message line's Markdown. amalgam's own errors (and value
+    errors: a field left empty) say what to do; anything else is logged with its traceback for the operator and
+    shown by its type and message, never as Gradio's generic "the upstream app has raised an exception"."""
+    if isinstance(err, (AmalgamError, ValueError, TypeError)):
+        text = str(err)
+    else:
+        logger.exception("app: unexpected error", exc_info=err)
+        text = f"unexpected {type(err).__name__}: {err} (the server's log has the details)"
+    gr.Warning(text)
+    return f"**Error:** {html.escape(text, quote=False)}"
 
 
-def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) -> gr.Blocks:
+class CheckedImage(gr.Image):
+    """``gr.Image`` whose upload, when it is not a picture, is a message in the page, not a failed request."""
+
+    is_template = True  # the page draws it as a gr.Image
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable files
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{name} is not a picture that can be read ({type(err).__name__}); upload a PNG, JPEG "
+                           "or WebP image") from None
+
+
+def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
+              paths: PathPolicy | None = None) -> gr.Blocks:
     """The app as a ``gr.Blocks``; runs are saved under ``runs_dir`` and listed from there at every page load.
 
     ``manager`` runs the amalgamations (default: one at a time, the others queued); pass your own to choose
-    the concurrency limit, or to shut it down when the app closes.
+    the concurrency limit, or to shut it down when the app closes. ``paths`` says which server folders the page
+    may name as teachers or data (default: any; ``app.py`` refuses them when it serves beyond 127.0.0.1, see
+    :class:`~amalgam.app.paths.PathPolicy`).
 
     Example:
         >>> app = build_app("runs")  # doctest: +SKIP
@@ -49,6 +78,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
     """
     runs_dir = Path(runs_dir)
     manager = manager or RunManager(runs_dir)
+    paths = paths or PathPolicy()
+    uploads = runs_dir / ".uploads"
     catalog = manager.catalog
     tryout = Tryout(catalog)
     watching: dict[str, str] = {}  # session -> the run its page shows; a newer watch ends the older one
@@ -66,18 +97,19 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
 
     def add_teacher(source: str, sources: list[str]) -> tuple:
         try:
+            paths.check(source or "", "teacher")
             teacher = catalog.load(source)
             if source.strip() in sources:
                 return show_teachers(sources, f"**{teacher.name}** is already chosen.")
             return show_teachers([*sources, source.strip()], f"Added teacher **{teacher.name}**.")
-        except AmalgamError as err:
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
             return gr.skip(), gr.skip(), gr.skip(), _error(err)
 
     def add_demo_teachers(sources: list[str]) -> tuple:
         try:
             new = [source for source in catalog.demo_sources() if source not in sources]
             return show_teachers([*sources, *new], f"Added the {len(new)} demo teachers (digits 0-4 and 5-9).")
-        except AmalgamError as err:
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
             return gr.skip(), gr.skip(), gr.skip(), _error(err)
 
     # ---- data and method
@@ -91,13 +123,18 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
     def start_run(sources: list[str], kind: str, text: str, upload: str | None, method: str, options: str,
                   labeled_fraction: float, epochs: float, lr: float, student: str) -> tuple:
         try:
+            for chosen in sources:
+                paths.check(chosen, "teacher")
+            if kind == HUB_OR_FOLDER:
+                paths.check(text or "", "data")
             request = RunRequest(
-                teachers=tuple(sources), data=data_source(kind, text, upload, runs_dir / ".uploads"), method=method,
+                teachers=tuple(sources), data="", method=method,
                 method_options=parse_method_options(options), labeled_fraction=float(labeled_fraction),
                 epochs=int(epochs), lr=float(lr), student=(student or "").strip() or DEFAULT_STUDENT,
             )
-            state = manager.submit(request)
-        except (AmalgamError, TypeError, ValueError) as err:  # also a number field left empty
+            request.check()  # everything else first: an upload is unpacked only for a request that can run
+            state = manager.submit(dataclasses.replace(request, data=data_source(kind, text, upload, uploads)))
+        except Exception as err:  # noqa: BLE001 - shown in the page; also a number field left empty
             return gr.skip(), gr.skip(), _error(err)
         return (gr.Dropdown(choices=run_choices(), value=state.run_id), gr.Tabs(selected="run"),
                 f"Started run **{state.run_id}**; watch it in the *Run* tab.")
@@ -109,7 +146,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
             return ("", "Start a run, or choose one from the list.", *blank, NO_RUN, NO_RUN)
         try:
             description, metrics = read_run(run_folder(runs_dir, run_id))
-        except AmalgamError as err:
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
             return ("", _error(err), *blank, NO_RUN, NO_RUN)
         if metrics is None:
             note = f"Run **{run_id}** is unfinished (cancelled, failed or interrupted): it has no student."
@@ -163,7 +200,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
             if image is None:
                 raise AmalgamError("upload an image (or take a sample test image) first")
             answers = tryout.predict(run_folder(runs_dir, run_id), image)
-        except AmalgamError as err:
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
             return None, pd.DataFrame(columns=ANSWER_COLUMNS), _error(err)
         rows = [[answer.model, ", ".join(f"{name} ({p:.2f})" for name, p in answer.top) or answer.error,
                  round(answer.milliseconds, 1)] for answer in answers]
@@ -174,7 +211,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
         try:
             description, _ = read_run(run_folder(runs_dir, run_id))
             image, label = sample_image(str(description["data"]["name"]))
-        except AmalgamError as err:
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
             raise gr.Error(str(err)) from None  # a toast, and the chained classification does not run
         return image, f"A test image of `{description['data']['name']}`; its true class is **{label}**."
 
@@ -256,7 +293,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None) 
                 try_run = gr.Markdown(NO_RUN)
                 with gr.Row():
                     with gr.Column():
-                        image = gr.Image(type="pil", format="png", label="image", sources=["upload", "clipboard"],
+                        image = CheckedImage(type="pil", format="png", label="image", sources=["upload", "clipboard"],
                                          height=260, elem_id="try-image")
                         with gr.Row():
                             take_sample = gr.Button("Sample a test image")

@@ -1,0 +1,351 @@
+"""The Gradio page: choose teachers, data and method; run and watch; try the student; publish it.
+
+Every handler catches amalgam's errors and shows them in the page (a toast and a message line), so a bad input
+never ends in a stack trace and the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import pandas as pd
+
+from amalgam.api import DEFAULT_STUDENT
+from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
+from amalgam.app.paths import PathPolicy
+from amalgam.app.predict import Tryout, sample_image
+from amalgam.app.runs import FINISHED, RunManager, RunRequest, RunState, list_runs, read_run, run_folder
+from amalgam.app.teachers import TEACHER_COLUMNS, teacher_rows, union_markdown
+from amalgam.app.views import (
+    confusion_figure, curves_frame, method_markdown, method_options_json, parse_method_options,
+    per_class_frame, progress_html, results_markdown,
+)
+from amalgam.errors import AmalgamError
+from amalgam.methods import available_methods
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5  # how often a watched run's page is refreshed
+ANSWER_COLUMNS = ["model", "top classes", "milliseconds"]
+PER_CLASS_COLUMNS = ["class", "student accuracy", "known by"]
+NO_RUN = "*No run chosen yet: start one, or choose a finished run in the Run tab.*"
+
+
+def _error(err: Exception) -> str:
+    """Show ``err`` as a toast, and return it as the message line's Markdown. amalgam's own errors (and value
+    errors: a field left empty) say what to do; anything else is logged with its traceback for the operator and
+    shown by its type and message, never as Gradio's generic "the upstream app has raised an exception"."""
+    if isinstance(err, (AmalgamError, ValueError, TypeError)):
+        text = str(err)
+    else:
+        logger.exception("app: unexpected error", exc_info=err)
+        text = f"unexpected {type(err).__name__}: {err} (the server's log has the details)"
+    gr.Warning(text)
+    return f"**Error:** {html.escape(text, quote=False)}"
+
+from gradio.events import Dependency
+
+class CheckedImage(gr.Image):
+    """``gr.Image`` whose upload, when it is not a picture, is a message in the page, not a failed request."""
+
+    is_template = True  # the page draws it as a gr.Image
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable files
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{name} is not a picture that can be read ({type(err).__name__}); upload a PNG, JPEG "
+                           "or WebP image") from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
+              paths: PathPolicy | None = None) -> gr.Blocks:
+    """The app as a ``gr.Blocks``; runs are saved under ``runs_dir`` and listed from there at every page load.
+
+    ``manager`` runs the amalgamations (default: one at a time, the others queued); pass your own to choose
+    the concurrency limit, or to shut it down when the app closes. ``paths`` says which server folders the page
+    may name as teachers or data (default: any; ``app.py`` refuses them when it serves beyond 127.0.0.1, see
+    :class:`~amalgam.app.paths.PathPolicy`).
+
+    Example:
+        >>> app = build_app("runs")  # doctest: +SKIP
+        >>> app.launch(server_name="127.0.0.1", prevent_thread_lock=True)  # doctest: +SKIP
+    """
+    runs_dir = Path(runs_dir)
+    manager = manager or RunManager(runs_dir)
+    paths = paths or PathPolicy()
+    uploads = runs_dir / ".uploads"
+    catalog = manager.catalog
+    tryout = Tryout(catalog)
+    watching: dict[str, str] = {}  # session -> the run its page shows; a newer watch ends the older one
+
+    def run_choices() -> list[tuple[str, str]]:
+        saved = {summary.run_id: summary.label for summary in list_runs(runs_dir)}
+        for state in manager.live():  # a queued run has no folder yet; a running one is not finished
+            saved[state.run_id] = f"{state.run_id} · {state.status}"
+        return [(label, run_id) for run_id, label in sorted(saved.items(), reverse=True)]
+
+    # ---- teachers
+    def show_teachers(sources: list[str], message: str) -> tuple:
+        teachers = [catalog.load(source) for source in sources]
+        return sources, pd.DataFrame(teacher_rows(teachers), columns=TEACHER_COLUMNS), union_markdown(teachers), message
+
+    def add_teacher(source: str, sources: list[str]) -> tuple:
+        try:
+            paths.check(source or "", "teacher")
+            teacher = catalog.load(source)
+            if source.strip() in sources:
+                return show_teachers(sources, f"**{teacher.name}** is already chosen.")
+            return show_teachers([*sources, source.strip()], f"Added teacher **{teacher.name}**.")
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return gr.skip(), gr.skip(), gr.skip(), _error(err)
+
+    def add_demo_teachers(sources: list[str]) -> tuple:
+        try:
+            new = [source for source in catalog.demo_sources() if source not in sources]
+            return show_teachers([*sources, *new], f"Added the {len(new)} demo teachers (digits 0-4 and 5-9).")
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return gr.skip(), gr.skip(), gr.skip(), _error(err)
+
+    # ---- data and method
+    def choose_data(kind: str) -> tuple:
+        return gr.Textbox(visible=kind == HUB_OR_FOLDER), gr.File(visible=kind == ZIP_UPLOAD)
+
+    def choose_method(name: str) -> tuple[str, str]:
+        return method_markdown(name), method_options_json(name)
+
+    # ---- runs
+    def start_run(sources: list[str], kind: str, text: str, upload: str | None, method: str, options: str,
+                  labeled_fraction: float, epochs: float, lr: float, student: str) -> tuple:
+        try:
+            for chosen in sources:
+                paths.check(chosen, "teacher")
+            if kind == HUB_OR_FOLDER:
+                paths.check(text or "", "data")
+            request = RunRequest(
+                teachers=tuple(sources), data="", method=method,
+                method_options=parse_method_options(options), labeled_fraction=float(labeled_fraction),
+                epochs=int(epochs), lr=float(lr), student=(student or "").strip() or DEFAULT_STUDENT,
+            )
+            request.check()  # everything else first: an upload is unpacked only for a request that can run
+            state = manager.submit(dataclasses.replace(request, data=data_source(kind, text, upload, uploads)))
+        except Exception as err:  # noqa: BLE001 - shown in the page; also a number field left empty
+            return gr.skip(), gr.skip(), _error(err)
+        return (gr.Dropdown(choices=run_choices(), value=state.run_id), gr.Tabs(selected="run"),
+                f"Started run **{state.run_id}**; watch it in the *Run* tab.")
+
+    def saved_view(run_id: str | None) -> tuple:
+        empty = curves_frame([])
+        blank = (empty, empty, "", pd.DataFrame(columns=PER_CLASS_COLUMNS), None)
+        if not run_id:
+            return ("", "Start a run, or choose one from the list.", *blank, NO_RUN, NO_RUN)
+        try:
+            description, metrics = read_run(run_folder(runs_dir, run_id))
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return ("", _error(err), *blank, NO_RUN, NO_RUN)
+        if metrics is None:
+            note = f"Run **{run_id}** is unfinished (cancelled, failed or interrupted): it has no student."
+            return ("", note, *blank, note, note)
+        curves = curves_frame(metrics.get("history", []))
+        accuracy = metrics["student"]["accuracy"]
+        chosen = f"Run **{run_id}** · student `{metrics['student']['architecture']}` · accuracy {accuracy:.4f}"
+        return (
+            progress_html(1.0, f"finished · student accuracy {accuracy:.4f}"),
+            f"Run **{run_id}**: finished, student accuracy **{accuracy:.4f}**.",
+            curves, curves, results_markdown(description, metrics), per_class_frame(description, metrics),
+            confusion_figure(metrics, description["label_space"]["classes"]),
+            chosen, chosen,
+        )
+
+    def live_view(state: RunState) -> tuple:
+        curves = curves_frame(state.history)
+        status = state.describe()
+        waiting = f"Run **{state.run_id}** is not finished yet."
+        return (progress_html(state.fraction, status), f"Run **{state.run_id}**: {html.escape(status, quote=False)}",
+                curves, curves, "", pd.DataFrame(columns=PER_CLASS_COLUMNS), None, waiting, waiting)
+
+    def watch_run(run_id: str | None, request: gr.Request) -> Iterator[tuple]:
+        session = request.session_hash or ""
+        watching[session] = run_id or ""
+        state = manager.get(run_id) if run_id else None
+        if state is None:
+            yield saved_view(run_id)
+            return
+        shown = None
+        while watching.get(session) == run_id:
+            ended = state.done  # read first: a run's status is final before it is marked ended
+            if (state.status, len(state.history)) != shown:
+                shown = (state.status, len(state.history))
+                yield saved_view(run_id) if state.status == FINISHED else live_view(state)
+            if ended:
+                return
+            state.ended.wait(POLL_SECONDS)
+
+    def cancel_run(run_id: str | None) -> str:
+        if run_id and manager.cancel(run_id):
+            return f"Cancelling run **{run_id}**: it stops before its next training batch."
+        return f"Run **{run_id or '(none)'}** is not queued or running here, so there is nothing to cancel."
+
+    def refresh_runs(run_id: str | None) -> Any:
+        return gr.Dropdown(choices=run_choices(), value=run_id)
+
+    # ---- try it
+    def predict(run_id: str | None, image: Any) -> tuple:
+        try:
+            if image is None:
+                raise AmalgamError("upload an image (or take a sample test image) first")
+            answers = tryout.predict(run_folder(runs_dir, run_id), image)
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return None, pd.DataFrame(columns=ANSWER_COLUMNS), _error(err)
+        rows = [[answer.model, ", ".join(f"{name} ({p:.2f})" for name, p in answer.top) or answer.error,
+                 round(answer.milliseconds, 1)] for answer in answers]
+        student = dict(answers[0].top)
+        return student, pd.DataFrame(rows, columns=ANSWER_COLUMNS), f"The student says **{answers[0].top[0][0]}**."
+
+    def sample(run_id: str | None) -> tuple:
+        try:
+            description, _ = read_run(run_folder(runs_dir, run_id))
+            image, label = sample_image(str(description["data"]["name"]))
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            raise gr.Error(str(err)) from None  # a toast, and the chained classification does not run
+        return image, f"A test image of `{description['data']['name']}`; its true class is **{label}**."
+
+    # ---- publish
+    def publish(run_id: str | None, repo_id: str, token: str, private: bool, demo: bool) -> str:
+        from amalgam.publish import push_run
+
+        token = (token or "").strip()
+        try:
+            if not token:  # never the server's own token: whoever opens the page would publish as its owner
+                raise AmalgamError("enter a Hugging Face token with write access (hf.co/settings/tokens)")
+            result = push_run(run_folder(runs_dir, run_id), (repo_id or "").strip(), token=token,
+                              private=bool(private), demo=bool(demo))
+        except Exception as err:  # noqa: BLE001 - any failure is shown in the page, never with the token
+            return _error(AmalgamError(str(err).replace(token, "<token>") if token else str(err)))
+        links = f"Published the student: [{result.model_url}]({result.model_url})"
+        if result.space_url:
+            links += f"  \nDemo Space: [{result.space_url}]({result.space_url})"
+        return links
+
+    methods = list(available_methods())
+    with gr.Blocks(title="amalgam") as app:
+        gr.Markdown("# amalgam\nDistil several pretrained teachers, each with its own classes, into one small "
+                    "student: choose teachers, data and a method, watch the run, try the student, publish it.")
+        sources = gr.State([])
+        with gr.Tabs() as tabs:
+            with gr.Tab("1 · Teachers, data, method", id="setup"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        gr.Markdown("### Teachers")
+                        with gr.Row():
+                            source = gr.Textbox(label="Hub id or model folder", scale=4,
+                                                placeholder="hf-hub:org/name, org/name@revision or ./zoo/teacher")
+                            add = gr.Button("Add teacher", scale=1)
+                        with gr.Row():
+                            add_demo = gr.Button("Add the two demo teachers (digits)", variant="secondary")
+                            clear = gr.Button("Clear teachers", variant="secondary")
+                        teacher_message = gr.Markdown()
+                        teacher_table = gr.Dataframe(pd.DataFrame(columns=TEACHER_COLUMNS), label="chosen teachers",
+                                                     interactive=False, wrap=True)
+                        union = gr.Markdown(union_markdown([]))
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Data and method")
+                        data_kind = gr.Radio(DATA_KINDS, value=DATA_KINDS[0], label="transfer and test data")
+                        data_text = gr.Textbox(label="datasets Hub id or image folder", visible=False)
+                        data_zip = gr.File(label="zip of an image folder (one sub-folder per class)",
+                                           file_types=[".zip"], type="filepath", visible=False)
+                        method = gr.Dropdown(methods, value="soft-targets", label="method")
+                        method_info = gr.Markdown(method_markdown("soft-targets"))
+                        options = gr.Code(method_options_json("soft-targets"), language="json", interactive=True,
+                                          label="method options (JSON)", lines=4)
+                        with gr.Row():
+                            labeled = gr.Slider(0, 1, value=0.0, step=0.01, label="labeled fraction")
+                            epochs = gr.Number(5, precision=0, minimum=1, label="epochs")
+                        with gr.Row():
+                            lr = gr.Number(3e-3, label="learning rate")
+                            student = gr.Textbox(DEFAULT_STUDENT, label="student (timm architecture)")
+                        start = gr.Button("Start the run", variant="primary")
+                        start_message = gr.Markdown()
+            with gr.Tab("2 · Run", id="run"):
+                with gr.Row():
+                    run_picker = gr.Dropdown(run_choices(), value=None, label="run (this one, or a past one)",
+                                             allow_custom_value=True, scale=4)
+                    refresh = gr.Button("Refresh list", scale=1)
+                    cancel = gr.Button("Cancel run", variant="stop", scale=1)
+                progress = gr.HTML(elem_id="run-progress")
+                status = gr.Markdown()
+                with gr.Row():
+                    loss_plot = gr.LinePlot(curves_frame([]), x="epoch", y="loss",
+                                            title="training loss", height=260)
+                    accuracy_plot = gr.LinePlot(curves_frame([]), x="epoch", y="test_accuracy",
+                                                title="student test accuracy", y_lim=[0, 1], height=260)
+                results = gr.Markdown()
+                with gr.Row():
+                    per_class = gr.Dataframe(pd.DataFrame(columns=PER_CLASS_COLUMNS), label="per-class accuracy",
+                                             interactive=False)
+                    confusion = gr.Plot(label="confusion matrix")
+            with gr.Tab("3 · Try it", id="try"):
+                try_run = gr.Markdown(NO_RUN)
+                with gr.Row():
+                    with gr.Column():
+                        image = CheckedImage(type="pil", format="png", label="image", sources=["upload", "clipboard"],
+                                         height=260, elem_id="try-image")
+                        with gr.Row():
+                            take_sample = gr.Button("Sample a test image")
+                            classify = gr.Button("Classify", variant="primary")
+                        sample_note = gr.Markdown()
+                    with gr.Column():
+                        student_answer = gr.Label(num_top_classes=3, label="student")
+                        answers = gr.Dataframe(pd.DataFrame(columns=ANSWER_COLUMNS), label="student and teachers",
+                                               interactive=False, wrap=True)
+                        try_message = gr.Markdown()
+            with gr.Tab("4 · Publish", id="publish"):
+                publish_run = gr.Markdown(NO_RUN)
+                repo_id = gr.Textbox(label="model repo id", placeholder="your-name/digits-student")
+                token = gr.Textbox(label="Hugging Face token (write access; never stored)", type="password")
+                with gr.Row():
+                    private = gr.Checkbox(False, label="private")
+                    demo = gr.Checkbox(True, label="also publish a demo Space (<repo id>-demo)")
+                push = gr.Button("Publish", variant="primary")
+                publish_message = gr.Markdown()
+
+        teacher_outputs = [sources, teacher_table, union, teacher_message]
+        add.click(add_teacher, [source, sources], teacher_outputs, api_name="add_teacher")
+        source.submit(add_teacher, [source, sources], teacher_outputs, api_visibility="private")
+        add_demo.click(add_demo_teachers, [sources], teacher_outputs, api_name="add_demo_teachers")
+        clear.click(lambda: show_teachers([], "No teachers chosen."), None, teacher_outputs, api_name="clear_teachers")
+        data_kind.change(choose_data, [data_kind], [data_text, data_zip], api_visibility="private")
+        method.change(choose_method, [method], [method_info, options], api_name="describe_method")
+
+        start.click(start_run, [sources, data_kind, data_text, data_zip, method, options, labeled, epochs, lr,
+                                student], [run_picker, tabs, start_message], api_name="start_run")
+        view = [progress, status, loss_plot, accuracy_plot, results, per_class, confusion, try_run, publish_run]
+        # Watching is a generator that polls the run; several pages may watch at once, hence no concurrency limit.
+        watched = run_picker.change(watch_run, [run_picker], view, api_name="watch_run", trigger_mode="multiple",
+                                    concurrency_limit=None, show_progress="hidden")
+        watched.then(refresh_runs, [run_picker], [run_picker], api_visibility="private")  # its label has changed
+        refresh.click(refresh_runs, [run_picker], [run_picker], api_name="list_runs")
+        cancel.click(cancel_run, [run_picker], [status], api_name="cancel_run")
+        app.load(refresh_runs, [run_picker], [run_picker], api_visibility="private")
+
+        predict_inputs = [run_picker, image]
+        predict_outputs = [student_answer, answers, try_message]
+        classify.click(predict, predict_inputs, predict_outputs, api_name="predict")
+        image.upload(predict, predict_inputs, predict_outputs, api_visibility="private")
+        take_sample.click(sample, [run_picker], [image, sample_note], api_name="sample_image").success(
+            predict, predict_inputs, predict_outputs, api_visibility="private")
+        # Not "public": Gradio keeps the inputs of public endpoints in the browser's run history, token included.
+        push.click(publish, [run_picker, repo_id, token, private, demo], [publish_message], api_name="publish",
+                   api_visibility="undocumented")
+    return app
