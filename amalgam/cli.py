@@ -16,7 +16,7 @@ from typing import Sequence
 
 from amalgam.errors import RecipeError
 from amalgam.publish.card import DEFAULT_LICENSE
-from amalgam.recipe import Recipe, load_recipe, parse_recipe
+from amalgam.recipe import DataSection, Recipe, TeacherEntry, load_recipe, parse_recipe
 
 RECIPE_FILE = "recipe.json"  # the recipe a run was started with, in its run folder, for --resume
 RUN_FILE = "run.json"  # written by amalgamate once the run is planned
@@ -97,9 +97,44 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
         raise
 
 
+def demo_recipe(name: str, progress: bool = True) -> Recipe:
+    """The recipe of a built-in demo (``amalgam.zoo.DEMOS``), its teachers trained first if they are not yet."""
+    from amalgam.zoo import DEMOS
+
+    if name not in DEMOS:
+        raise RecipeError(f"--demo {name!r}: the built-in demos are {sorted(DEMOS)} (`amalgam run` alone: digits)")
+    demo = DEMOS[name]
+    recipe = Recipe(teachers=[TeacherEntry(str(folder)) for folder in demo.teacher_folders(progress)])
+    recipe.data = DataSection(name=demo.data, labeled_fraction=demo.labeled_fraction)
+    recipe.method.name = demo.method
+    recipe.train = dataclasses.replace(recipe.train, **demo.train)
+    return recipe
+
+
+def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
+    """The command line's options over the recipe's values, checked as the recipe's are."""
+    try:  # replace() runs each section's checks again
+        if args.teacher:
+            recipe.teachers = [TeacherEntry(source) for source in args.teacher]
+        data = {"name": args.data, "labeled_fraction": args.labeled_fraction}
+        recipe.data = dataclasses.replace(recipe.data, **{k: v for k, v in data.items() if v is not None})
+        if args.method is not None:
+            recipe.method = dataclasses.replace(recipe.method, name=args.method)
+        if args.student is not None:
+            recipe.student = dataclasses.replace(recipe.student, architecture=args.student)
+        train = {"epochs": args.epochs, "mixed_precision": args.mixed_precision}
+        recipe.train = dataclasses.replace(recipe.train, **{k: v for k, v in train.items() if v is not None})
+    except ValueError as err:
+        raise RecipeError(f"command line: {err}") from None
+    if args.out is not None:
+        recipe.output.dir = args.out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     resume = Path(args.resume) if args.resume is not None else None
+    if args.demo is not None and (args.recipe or resume is not None):
+        raise RecipeError("--demo runs a built-in recipe: give it without a recipe file or --resume")
     if args.recipe:
         recipe = load_recipe(args.recipe)
     elif resume is not None:
@@ -108,15 +143,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise RecipeError(f"--resume {args.resume}: {saved} not found (it is written by `amalgam run`); pass the "
                               "recipe the run was started with: amalgam run RECIPE --resume RUN_DIR")
         recipe = parse_recipe(json.loads(saved.read_text()))
+    elif args.demo is not None:
+        recipe = demo_recipe(args.demo, progress=not args.quiet)
     else:
         recipe = Recipe()
-    overrides = {"epochs": args.epochs, "mixed_precision": args.mixed_precision}
-    try:  # replace() checks the values again
-        recipe.train = dataclasses.replace(recipe.train, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as err:
-        raise RecipeError(f"[train] {err}") from None
-    if args.out is not None:
-        recipe.output.dir = args.out
+    apply_flags(recipe, args)
     result = run_recipe(recipe, progress=not args.quiet, resume=resume)
     print()
     print(result.table())
@@ -177,7 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amalgam", description="Amalgamate several teachers into one student.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an amalgamation (default: demo teachers on digits)")
-    run.add_argument("recipe", nargs="?", help="a .toml or .yaml recipe (see amalgam.recipe)")
+    run.add_argument("recipe", nargs="?", help="a .toml or .yaml recipe (see amalgam.recipe); optional")
+    run.add_argument("--demo", metavar="NAME", help="a built-in demo instead of a recipe: fashion-mnist (its "
+                     "teachers are trained once, a few minutes); without recipe or demo: the digits demo")
+    run.add_argument("--teacher", action="append", metavar="SOURCE",
+                     help="a teacher (Hub id or folder), repeated for each; replaces the recipe's teachers")
+    run.add_argument("--data", help="digits | fashion-mnist | a datasets id | an image folder")
+    run.add_argument("--method", help="a registered method (`amalgam methods` lists them)")
+    run.add_argument("--labeled-fraction", type=float, metavar="F", help="the share of labels the method may use")
+    run.add_argument("--student", metavar="ARCH", help="the student's timm architecture")
     run.add_argument("--epochs", type=int, help="override the recipe's train.epochs")
     run.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                      help="override the recipe's train.mixed_precision (fp16 needs a GPU)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +67,31 @@ def data_label_map(data: ImageData, label_space: LabelSpace) -> list[int]:
             f"the teachers' are {list(label_space.class_names)}. Pass label_mapping to align the names."
         )
     return mapping
+
+
+def warn_lost_accuracy(data: ImageData, label_space: LabelSpace, label_map: Sequence[int],
+                       teachers: Sequence[Teacher]) -> list[str]:
+    """Warn (and return the warnings) where a run loses accuracy without failing: a teacher none of whose classes
+    occur in the data (its outputs only mislead the student here), and data classes no teacher knows (their test
+    images are left out of every accuracy, counted in ``excluded_test_samples``)."""
+    found = []
+    present = {j for j in label_map if j >= 0}
+    for k, teacher in enumerate(teachers):
+        if not present & set(label_space.teacher_indices[k]):
+            found.append(f"teacher {teacher.name!r} knows none of the data's classes (its {len(teacher.class_names)} "
+                         f"classes: {teacher.class_names[:5]}{'...' if len(teacher.class_names) > 5 else ''}; the "
+                         f"data's: {data.class_names[:5]}...): the student learns its outputs on images that are none "
+                         "of them. Leave it out, or align the names with label_mapping.")
+    unknown = [name for name, j in zip(data.class_names, label_map) if j < 0]
+    if unknown:
+        known = {i for i, j in enumerate(label_map) if j < 0}
+        excluded = int(sum(1 for y in data.test_labels if int(y) in known))
+        found.append(f"data classes {unknown} are known to no teacher: their {excluded} test images are left out of "
+                     "every accuracy (excluded_test_samples). Align the names with label_mapping if a teacher "
+                     "knows them under another name.")
+    for message in found:
+        warnings.warn(message, stacklevel=3)
+    return found
 
 
 def check_student(student: Student, label_space: LabelSpace, method: Method) -> None:
@@ -127,6 +153,7 @@ class Pipeline:
         data = load_data(data)
         label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
         label_map = data_label_map(data, label_space)
+        warn_lost_accuracy(data, label_space, label_map, teachers)
         torch.manual_seed(config.seed)  # the initial weights of the method's parts and the student belong to the seed
         method_module = create_method(method, label_space, teachers, dict(method_options or {}))
         needs = method_module.needs()

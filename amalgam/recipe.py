@@ -169,8 +169,20 @@ def parse_recipe(values: Mapping[str, Any]) -> Recipe:
     )
 
 
+def _against(folder: Path, text: str) -> str:
+    """``text`` resolved against the recipe's ``folder`` when it is a relative path (``./zoo/cnn``, or a name
+    that exists there); Hub ids, built-in names and absolute paths stay as they are."""
+    path = Path(text).expanduser()
+    if text.startswith("hf-hub:") or path.is_absolute():
+        return text
+    if text.startswith(".") or (folder / path).exists():
+        return str((folder / path).resolve())
+    return text
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read a ``.toml`` or ``.yaml``/``.yml`` recipe file."""
+    """Read a ``.toml`` or ``.yaml``/``.yml`` recipe file. Relative paths in it (teacher folders, the data
+    folder, the output folder) are read from the recipe's folder, wherever ``amalgam run`` is started."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} not found")
@@ -183,4 +195,11 @@ def load_recipe(path: str | Path) -> Recipe:
         values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         raise RecipeError(f"recipe file {str(path)!r} is not valid: {err}") from None
-    return parse_recipe(values)
+    recipe = parse_recipe(values)
+    folder = path.resolve().parent
+    for teacher in recipe.teachers:
+        teacher.source = _against(folder, teacher.source)
+    recipe.data.name = _against(folder, recipe.data.name)
+    if "dir" in (values.get("output") or {}) and not Path(recipe.output.dir).expanduser().is_absolute():
+        recipe.output.dir = str(folder / recipe.output.dir)
+    return recipe

@@ -154,3 +154,47 @@ def test_cached_teacher_outputs_train_the_same_student_as_live_teachers(demo_zoo
     # Same batches, same seed; only the teachers' batch size differs, so float rounding is all that may differ.
     assert torch.allclose(cached, live, atol=1e-3)
     assert runs[0].metrics["history"][0]["soft"] == pytest.approx(runs[1].metrics["history"][0]["soft"], rel=1e-4)
+
+
+def test_runs_that_would_lose_accuracy_silently_warn():
+    from amalgam.pipeline import Pipeline
+    from tests.tiny import tiny_teachers
+
+    digits = [str(d) for d in range(10)]
+    with pytest.warns(UserWarning, match="teacher 'pets' knows none of the data's classes"):
+        Pipeline.plan(tiny_teachers(digits, ["cat", "dog"], names=["digits", "pets"]), data="digits")
+    with pytest.warns(UserWarning, match=r"data classes \['9'\] are known to no teacher: their 36 test images"):
+        run = Pipeline.plan(tiny_teachers(digits[:9]), data="digits")
+    assert run.excluded_test_samples == 36
+
+
+def test_cli_flags_make_a_recipe_optional(demo_zoo, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["run", "--teacher", str(demo_zoo[0]), "--teacher", str(demo_zoo[1]), "--data", "digits", "--method",
+            "concat-logits", "--labeled-fraction", "0.05", "--student", "test_resnet", "--epochs", "1", "--out",
+            str(out), "--quiet"]
+    assert main(argv) == 0
+    (run_dir,) = out.iterdir()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [t["source"] for t in run["teachers"]] == [str(f) for f in demo_zoo]
+    assert (run["method"]["name"], run["data"]["labeled_fraction"], run["student"]["architecture"],
+            run["train"]["epochs"]) == ("concat-logits", 0.05, "test_resnet", 1)
+    assert main(["run", "--labeled-fraction", "2", "--quiet"]) == 2
+    assert "command line: labeled_fraction must be within [0, 1], got 2.0" in capsys.readouterr().err
+    assert main(["run", "--demo", "cifar", "--quiet"]) == 2
+    assert "the built-in demos are ['fashion-mnist']" in capsys.readouterr().err
+
+
+def test_recipe_paths_are_read_from_the_recipe_folder(demo_zoo, tmp_path, monkeypatch):
+    import shutil
+
+    recipes = tmp_path / "project"
+    shutil.copytree(demo_zoo[0], recipes / "teachers" / "cnn")
+    (recipes / "recipe.toml").write_text('[[teachers]]\nsource = "./teachers/cnn"\n[[teachers]]\n'
+                                          'source = "teachers/cnn"\n[[teachers]]\nsource = "org/name"\n'
+                                          '[output]\ndir = "runs"\n')
+    monkeypatch.chdir(tmp_path)  # started from elsewhere
+    recipe = load_recipe("project/recipe.toml")
+    cnn = str((recipes / "teachers" / "cnn").resolve())
+    assert [t.source for t in recipe.teachers] == [cnn, cnn, "org/name"]  # a Hub id stays one
+    assert recipe.output.dir == str(recipes.resolve() / "runs") and recipe.data.name == "digits"

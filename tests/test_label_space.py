@@ -5,6 +5,7 @@ import torch
 
 from amalgam.errors import LabelSpaceError
 from amalgam.teachers import LabelSpace
+from amalgam.teachers.label_space import distinct_class_names
 
 
 def test_overlapping_teachers_share_classes_by_normalised_name():
@@ -28,7 +29,8 @@ def test_mapping_merges_differently_named_classes():
 
 
 def test_per_teacher_mapping_renames_one_teacher_only():
-    space = LabelSpace.union([["cat", "dog"], ["cat", "kitty"]], mapping=[None, {"cat": "lion", "kitty": "cat"}])
+    with pytest.warns(UserWarning, match=r"class 'cat', which several teachers share, became .*\['cat', 'lion'\]"):
+        space = LabelSpace.union([["cat", "dog"], ["cat", "kitty"]], mapping=[None, {"cat": "lion", "kitty": "cat"}])
     assert space.class_names == ("cat", "dog", "lion")
     assert space.teacher_indices == ((0, 1), (2, 0))
 
@@ -55,3 +57,17 @@ def test_mapping_a_class_nobody_has_is_an_error():
 def test_duplicate_names_within_one_teacher_are_an_error():
     with pytest.raises(LabelSpaceError, match="would both become"):
         LabelSpace.union([["Cat", "cat"]])
+
+
+def test_repeated_names_of_one_teacher_are_kept_apart_by_a_documented_rule():
+    assert distinct_class_names(["crane", "tabby", "crane"]) == ["crane", "tabby", "crane (2)"]
+    assert distinct_class_names(["a", "a (2)", "a"]) == ["a", "a (2)", "a (3)"]  # never onto a real name
+
+
+def test_a_per_teacher_mapping_can_address_a_class_by_index():
+    space = LabelSpace.union([["crane", "tabby", "crane (2)"], ["crane"]], [{"#2": "crane (machine)"}, None])
+    assert space.class_names == ("crane", "tabby", "crane (machine)") and space.teacher_indices[1] == (0,)
+    with pytest.raises(LabelSpaceError, match="teacher 0 names classes it does not have: \\['#7'\\]"):
+        LabelSpace.union([["a", "b"]], [{"#7": "z"}])
+    with pytest.raises(LabelSpaceError, match="address a class by index.*one mapping per teacher"):
+        LabelSpace.union([["a", "b"]], {"#1": "z"})

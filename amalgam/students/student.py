@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from amalgam.data.pictures import Picture, picture_tensor
 from amalgam.errors import PublishError, StudentError
 from amalgam.students.heads import Head, check_heads
 from amalgam.teachers.preprocess import ImageSpec
@@ -150,10 +152,25 @@ class Student(
         return torch.stack([z.softmax(dim=-1) for z in members]).mean(dim=0).clamp_min(1e-12).log()
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(class name, probability)`` per image."""
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor | Picture | Sequence[Picture], top_k: int = 5
+                ) -> list[list[tuple[str, float]]]:
+        """Top-``k`` ``(class name, probability)`` per image: a raw ``B x C x H x W`` batch in ``[0, 1]``, or one
+        picture or a list of them, each a PIL image, numpy array, file path or ``C x H x W`` tensor of any size
+        (see :func:`amalgam.data.pictures.picture_tensor`).
+
+        >>> student = Student("test_efficientnet", class_names=["cat", "dog"], channels=1)
+        >>> [len(top) for top in student.predict([np.zeros((40, 30), dtype=np.uint8), torch.rand(3, 8, 8)], top_k=1)]
+        [1, 1]
+        """
         self.eval()
-        probs = self.served(self(images.to(next(self.parameters()).device))).softmax(dim=-1)
+        device = next(self.parameters()).device
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            batches = [images]
+        else:
+            pictures = images if isinstance(images, (list, tuple)) else [images]
+            batches = [picture_tensor(p)[None] for p in pictures]  # each at its own size: one by one
+        probs = torch.cat([self.served(self(batch.to(device))).softmax(dim=-1) for batch in batches])
         values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [
             [(self.class_names[i], float(v)) for v, i in zip(row_v.tolist(), row_i.tolist())]

@@ -7,6 +7,7 @@ same after normalisation (case, spaces, ``_`` and ``-`` do not count), or when a
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -26,11 +27,42 @@ def normalize_class_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", str(name)).strip().casefold()
 
 
+def distinct_class_names(names: Sequence[str]) -> list[str]:
+    """A teacher's class names with repeats kept apart: the second class whose name normalises like an earlier
+    one becomes ``"name (2)"``, the third ``"name (3)"`` (ImageNet has two classes called "crane": a bird and a
+    machine). A label mapping can also address a class by its index, ``"#517"``.
+
+    >>> distinct_class_names(["crane", "cat", "Crane", "crane"])
+    ['crane', 'cat', 'Crane (2)', 'crane (3)']
+    """
+    seen: dict[str, int] = {}
+    taken = {normalize_class_name(n) for n in names}
+    result = []
+    for name in names:
+        key = normalize_class_name(name)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 1:
+            result.append(str(name))
+            continue
+        count = seen[key]
+        while normalize_class_name(f"{name} ({count})") in taken:  # a real class may already be called that
+            count += 1
+        taken.add(normalize_class_name(f"{name} ({count})"))
+        result.append(f"{name} ({count})")
+    return result
+
+
+def _is_index_key(key: str) -> bool:
+    """Whether a mapping key addresses a class by index (``"#517"``)."""
+    return key.startswith("#") and key[1:].isdigit()
+
+
 def _normalized_mapping(mapping: Mapping_ | None, where: str) -> dict[str, str]:
-    """Mapping keys normalised; two keys that normalise alike but map to different targets conflict."""
+    """Mapping keys normalised (``"#index"`` keys kept as they are); two keys that normalise alike but map to
+    different targets conflict."""
     result: dict[str, str] = {}
     for source, target in (mapping or {}).items():
-        key = normalize_class_name(source)
+        key = str(source).strip() if _is_index_key(str(source).strip()) else normalize_class_name(source)
         if key in result and normalize_class_name(result[key]) != normalize_class_name(target):
             raise LabelSpaceError(
                 f"label mapping{where} maps {source!r} to {target!r} but an equivalent name to {result[key]!r}; "
@@ -38,6 +70,21 @@ def _normalized_mapping(mapping: Mapping_ | None, where: str) -> dict[str, str]:
             )
         result[key] = str(target)
     return result
+
+
+def _warn_split_classes(teacher_classes: Sequence[Sequence[str]], indices: Sequence[Sequence[int]],
+                        names: Sequence[str]) -> None:
+    """Warn when a class that several teachers share by name became different union classes (a per-teacher
+    mapping renamed it for some of them only): the student then learns two classes for one."""
+    targets: dict[str, set[int]] = {}
+    for classes, row in zip(teacher_classes, indices):
+        for raw, j in zip(classes, row):
+            targets.setdefault(normalize_class_name(raw), set()).add(j)
+    for key, union in targets.items():
+        if len(union) > 1:
+            warnings.warn(f"class {key!r}, which several teachers share, became the separate union classes "
+                          f"{[names[j] for j in sorted(union)]} through the label mapping: if they are one class, "
+                          "map it alike for every teacher", stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -67,7 +114,8 @@ class LabelSpace:
         """Build the union of ``teacher_classes`` (one list of class names per teacher).
 
         ``mapping`` renames or merges classes before the union: one dict ``{class name: union name}`` for every
-        teacher, or a list with one dict (or ``None``) per teacher. Raises :class:`LabelSpaceError` when a
+        teacher, or a list with one dict (or ``None``) per teacher, whose keys may also address a class by its
+        index in that teacher's outputs (``{"#517": "crane (machine)"}``). Raises :class:`LabelSpaceError` when a
         mapping names a class no teacher has, maps equivalent names to different targets, or would merge two
         classes of the same teacher.
         """
@@ -75,6 +123,11 @@ class LabelSpace:
             raise LabelSpaceError("a label space needs at least one teacher's class names")
         if mapping is None or isinstance(mapping, Mapping):
             shared = _normalized_mapping(mapping, "")
+            if any(_is_index_key(key) for key in shared):
+                raise LabelSpaceError(
+                    f"label mapping keys {sorted(k for k in shared if _is_index_key(k))} address a class by index, "
+                    "which differs between teachers: give a list with one mapping per teacher (None for the others)"
+                )
             per_teacher = [shared] * len(teacher_classes)
             unused = set(shared)
         else:
@@ -93,9 +146,10 @@ class LabelSpace:
             teacher_map = per_teacher[k]
             taken: dict[int, str] = {}
             row = []
-            for raw in classes:
+            for c, raw in enumerate(classes):
                 key = normalize_class_name(raw)
-                target = teacher_map.get(key, str(raw))
+                by_index = f"#{c}" if f"#{c}" in teacher_map else None
+                target = teacher_map.get(by_index or key, str(raw))
                 unused.discard(key)
                 target_key = normalize_class_name(target)
                 if target_key not in index_of:
@@ -111,13 +165,15 @@ class LabelSpace:
                 taken[j] = str(raw)
                 row.append(j)
             if mapping is not None and not isinstance(mapping, Mapping):
-                missing = set(teacher_map) - {normalize_class_name(c) for c in classes}
+                missing = set(teacher_map) - {normalize_class_name(c) for c in classes} - {
+                    f"#{c}" for c in range(len(classes))}
                 if missing:
                     raise LabelSpaceError(
                         f"label mapping of teacher {k} names classes it does not have: {sorted(missing)}; "
                         f"its classes are {list(classes)}"
                     )
             indices.append(tuple(row))
+        _warn_split_classes(teacher_classes, indices, names)
         if unused:
             raise LabelSpaceError(
                 f"label mapping names classes no teacher has: {sorted(unused)}; check the spelling against the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from amalgam.errors import TeacherError
 from amalgam.teachers.formats import LoadedModel, load_model_folder
+from amalgam.teachers.label_space import distinct_class_names
 from amalgam.teachers.preprocess import ImageSpec
 from amalgam.teachers.sources import ResolvedSource, resolve_source
 from amalgam.teachers.taps import capture_features, module_paths, resolve_modules
@@ -196,7 +198,12 @@ def load_teacher(
         raise TeacherError(
             f"teacher {name!r} has {num_outputs} outputs but {len(names)} class names were given"
         )
-    return Teacher(loaded, names, name=name, source=resolved)
+    distinct = distinct_class_names(names)
+    renamed = [f"#{c} {old!r} -> {new!r}" for c, (old, new) in enumerate(zip(names, distinct)) if old != new]
+    if renamed:
+        warnings.warn(f"teacher {name!r} has repeated class names; kept apart as {', '.join(renamed)} (a label "
+                      "mapping can name them so, or by index: [{'#517': 'crane (machine)'}, ...])", stacklevel=2)
+    return Teacher(loaded, distinct, name=name, source=resolved)
 
 
 def _loaded_module(module: nn.Module, input_spec: ImageSpec | None) -> LoadedModel:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from amalgam.data import ImageData, load_digits
+from amalgam.data import ImageData, load_digits, load_fashion_mnist
+from amalgam.data.builtin import FASHION_MNIST_CLASSES
 from amalgam.paths import amalgam_home
 from amalgam.zoo.teachers import train_teacher
 
@@ -42,11 +43,41 @@ DEMO_TEACHERS = {
     "cnn-digits-0to4": TeacherSpec("timm-cnn", DIGITS_LOW, size=32, epochs=10),
     "vit-digits-5to9": TeacherSpec("vit", DIGITS_HIGH, size=16, epochs=40),
 }
+# Fashion-MNIST split in two as digits is (also the quality benchmark's fmnist-split teachers).
+FASHION_TEACHERS = {
+    "cnn-fashion-0to4": TeacherSpec("timm-cnn", FASHION_MNIST_CLASSES[:5], size=32, epochs=3, batch_size=128),
+    "vit-fashion-5to9": TeacherSpec("vit", FASHION_MNIST_CLASSES[5:], size=28, epochs=5, batch_size=128),
+}
 
 
-def build_teachers(specs: dict[str, TeacherSpec], data: Callable[[], ImageData], root: Path, force: bool = False,
-                   progress: bool = True) -> list[Path]:
+@dataclass(frozen=True)
+class Demo:
+    """A built-in run a newcomer starts by name (``amalgam run --demo NAME``): its teachers, trained once into
+    ``$AMALGAM_HOME/zoo/<version>/<name>``, the data, the method, the labels it may use and the budget."""
+
+    name: str
+    data: str
+    teachers: dict[str, TeacherSpec]
+    load: Callable[[], ImageData]
+    method: str = "soft-targets"
+    labeled_fraction: float = 0.0
+    train: dict = field(default_factory=dict)  # TrainConfig fields
+
+    def teacher_folders(self, progress: bool = True) -> list[Path]:
+        return build_teachers(self.teachers, self.load, amalgam_home() / "zoo" / ZOO_VERSION / self.name,
+                              progress=progress)
+
+
+DEMOS = {
+    "fashion-mnist": Demo("fashion-mnist", "fashion-mnist", FASHION_TEACHERS, load_fashion_mnist,
+                          method="trust-learner", labeled_fraction=0.02, train={"epochs": 3, "batch_size": 128}),
+}
+
+
+def build_teachers(specs: dict[str, TeacherSpec], data: Callable[[], ImageData], root: str | os.PathLike,
+                   force: bool = False, progress: bool = True) -> list[Path]:
     """Train (once) each teacher of ``specs`` on ``data()`` into ``root/<name>``; return the folders in order."""
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
     for name, spec in specs.items():

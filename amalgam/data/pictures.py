@@ -1,0 +1,81 @@
+"""One picture, whatever form it comes in (a PIL image, a numpy array, a file path, a tensor), as amalgam's raw
+image: a ``C x H x W`` float tensor in ``[0, 1]`` at its own size (each model resizes it to its own input)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from amalgam.errors import DataError
+
+Picture = Union[torch.Tensor, np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821 - PIL is lazy
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _from_array(array: np.ndarray, where: str) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise DataError(f"{where}: expected H x W or H x W x C (C of 1, 3 or 4) pixels, got shape {array.shape}")
+    if array.shape[2] in (2, 4):  # grey or colour with alpha: the alpha channel carries no class
+        array = array[:, :, :-1]
+    if array.dtype == np.uint8:
+        scaled = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        scaled = array.astype(np.float32) / 65535.0  # 16-bit keeps its levels
+    else:
+        scaled = array.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1).clamp(0, 1)
+
+
+def _from_pil(image: Any) -> torch.Tensor:
+    if image.mode in _SIXTEEN_BIT:
+        return _from_array(np.asarray(image, dtype=np.int64).clip(0, 65535).astype(np.uint16), "image")
+    if image.mode == "F":
+        return _from_array(np.asarray(image, dtype=np.float32), "image")
+    grey = image.mode in ("1", "L", "LA") or (image.mode == "P" and _palette_is_grey(image))
+    return _from_array(np.asarray(image.convert("L" if grey else "RGB")), "image")
+
+
+def _palette_is_grey(image: Any) -> bool:
+    palette = np.asarray(image.convert("RGB"))
+    return bool((palette[..., 0] == palette[..., 1]).all() and (palette[..., 1] == palette[..., 2]).all())
+
+
+def picture_tensor(picture: Picture) -> torch.Tensor:
+    """``picture`` as a ``C x H x W`` float tensor in ``[0, 1]`` (1 channel for grey, 3 for colour; alpha dropped;
+    palette and CMYK images converted; 8-bit divided by 255, 16-bit by 65535).
+
+    >>> from PIL import Image
+    >>> picture_tensor(Image.new("RGBA", (5, 4), (255, 0, 0, 128))).shape
+    torch.Size([3, 4, 5])
+    >>> picture_tensor(np.full((2, 3), 65535, dtype=np.uint16)).max().item()
+    1.0
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(picture, torch.Tensor):
+        tensor = picture.detach()
+        if tensor.ndim == 2:
+            tensor = tensor[None]
+        if tensor.ndim != 3:
+            raise DataError(f"a picture tensor must be C x H x W or H x W, got shape {tuple(tensor.shape)}")
+        return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+    if isinstance(picture, np.ndarray):
+        return _from_array(picture, "array")
+    if isinstance(picture, (str, os.PathLike)):
+        path = Path(picture)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return _from_pil(image)
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            raise DataError(f"image file {str(path)!r} cannot be read as an image ({err})") from None
+    if isinstance(picture, Image.Image):
+        return _from_pil(picture)
+    raise DataError(f"cannot read a picture from a {type(picture).__name__}: give a PIL image, a numpy array, a "
+                    "file path or a C x H x W tensor")
