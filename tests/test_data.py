@@ -77,3 +77,49 @@ def test_transfer_view_hides_labels_outside_the_labeled_fraction():
 def test_bad_data_sources(source, message):
     with pytest.raises(DataError, match=message):
         load_data(source)
+
+
+def _digits_dataset(count: int = 40):
+    import datasets
+    from PIL import Image
+
+    digits = load_data("digits")
+    images = [Image.fromarray((digits.train[i][0][0].numpy() * 255).astype(np.uint8)) for i in range(count)]
+    labels = [int(digits.train[i][1]) for i in range(count)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=digits.class_names)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features), labels
+
+
+def test_a_dataset_object_and_a_save_to_disk_folder(tmp_path):
+    import datasets
+
+    dataset, labels = _digits_dataset()
+    with pytest.warns(UserWarning, match="without stratifying"):  # 40 images: a class has only one
+        data = load_data(dataset)
+    assert data.class_names[:2] == ["0", "1"] and len(data.train) + len(data.test) == 40
+    parts = datasets.DatasetDict({"train": dataset.select(range(30)), "test": dataset.select(range(30, 40))})
+    parts.save_to_disk(tmp_path / "saved")
+    saved = load_data(str(tmp_path / "saved"))  # its own test split kept
+    assert (len(saved.train), len(saved.test)) == (30, 10) and saved.test_labels.tolist() == labels[30:]
+    image, label = saved.train[0]
+    assert image.shape == (1, 8, 8) and label == labels[0]
+
+
+def test_a_dataset_without_class_labels_says_what_it_lacks():
+    dataset, _ = _digits_dataset(10)
+    with pytest.raises(DataError, match="has images but no class-label column"):
+        load_data(dataset.remove_columns("label"))
+    numbers = dataset.cast_column("label", __import__("datasets").Value("int64"))
+    with pytest.raises(DataError, match=r"class_encode_column\('label'\)"):
+        load_data(numbers)
+
+
+def test_one_odd_image_does_not_set_the_size_of_all(tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.new("L", (12, 10)).save(tmp_path / name / f"{i}.png")
+    Image.new("L", (1, 1)).save(tmp_path / "a" / "0.png")  # the first image datasets reads
+    assert load_data(str(tmp_path)).size == (10, 12)

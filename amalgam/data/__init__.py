@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from amalgam.data.builtin import BUILTIN, load_digits, load_fashion_mnist
 from amalgam.data.hf import load_hf_images
@@ -10,8 +11,9 @@ from amalgam.data.images import UNLABELED, ImageData, RelabeledImages, TensorIma
 from amalgam.errors import DataError
 
 
-def load_data(source: str | ImageData, image_size: int | None = None) -> ImageData:
-    """Load a data set by name: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, or an image folder.
+def load_data(source: Any, image_size: int | None = None) -> ImageData:
+    """Load a data set: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, a folder of class folders of
+    images or one written by ``save_to_disk``, or a ``datasets.Dataset`` / ``DatasetDict`` (labeled, for now).
 
     Example:
         >>> data = load_data("digits")
@@ -20,6 +22,8 @@ def load_data(source: str | ImageData, image_size: int | None = None) -> ImageDa
     """
     if isinstance(source, ImageData):
         return source
+    if type(source).__module__.startswith("datasets."):  # a Dataset or DatasetDict object
+        return load_hf_images(source, image_size=image_size)
     if not isinstance(source, str) or not source.strip():
         raise DataError(f"data must be a data set name, Hub id or folder, got {source!r}")
     if source in BUILTIN:
