@@ -12,7 +12,6 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import nn
 
 from amalgam.config import TrainConfig
-from amalgam.data import ImageData
 from amalgam.engine.checkpoint import CheckpointError, check_checkpoint_dir
 from amalgam.engine.trainer import EpochCallback
 from amalgam.knowledge import DEFAULT_MAX_CACHE_GB
@@ -42,9 +41,10 @@ class AmalgamationResult:
 def amalgamate(
     teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
     student: str | Student = DEFAULT_STUDENT,
-    data: str | ImageData = "digits",
+    data: Any = "digits",
     method: str = "soft-targets",
     *,
+    eval_data: Any = None,
     method_options: Mapping[str, Any] | None = None,
     label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
     labeled_fraction: float = 0.0,
@@ -65,8 +65,12 @@ def amalgamate(
     Args:
         teachers: :class:`Teacher` objects, or sources for :func:`load_teacher` (Hub ids, folders).
         student: a timm architecture name (built over the union classes), or a ready :class:`Student`.
-        data: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, an image folder, or :class:`ImageData`.
-            Its train split is the transfer set; its labels are used only for ``labeled_fraction`` of it.
+        data: the transfer set: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, a folder of images
+            (class sub-folders give labels; a flat or nested folder has none), a ``save_to_disk`` folder, a
+            ``datasets.Dataset``, a list of image files, or :class:`ImageData` (see :func:`amalgam.load_data`). Its
+            train split is the transfer set; its labels, if any, are used only for ``labeled_fraction`` of it.
+        eval_data: labeled data that measures the student and the teachers (any form above; its test split, or
+            all of it when it has none). Default: the test split of ``data``, which then must be labeled.
         method: a registered method name (``amalgam.methods.available_methods()``).
         method_options: the method's keyword options (checked before training starts).
         label_mapping: renames/merges teacher classes, see :meth:`LabelSpace.union`.
@@ -108,7 +112,8 @@ def amalgamate(
         raise CheckpointError("amalgamate(resume=True) needs run_dir: the folder of the run to continue")
     if checkpoints is not None:  # before any work: a resumed run needs a checkpoint there, a new one none
         check_checkpoint_dir(checkpoints, resume, argument="run_dir's checkpoint folder")
-    run = Pipeline.plan(teachers, student, data, method, method_options=method_options, label_mapping=label_mapping,
+    run = Pipeline.plan(teachers, student, data, method, eval_data=eval_data, method_options=method_options,
+                        label_mapping=label_mapping,
                         labeled_fraction=labeled_fraction, student_input_size=student_input_size, config=config,
                         knowledge=Knowledge(cache_teachers, knowledge_cache, max_cache_gb))
     if resume:

@@ -62,6 +62,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
 
     check_recipe(recipe)
     data = load_data(recipe.data.name, image_size=recipe.data.image_size)
+    eval_data = load_data(recipe.data.eval, role="eval") if recipe.data.eval is not None else None
     if recipe.teachers:
         teachers = [
             load_teacher(t.source, revision=t.revision, class_names=t.class_names, name=t.name,
@@ -81,6 +82,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
             teachers,
             student=recipe.student.architecture,
             data=data,
+            eval_data=eval_data,
             method=recipe.method.name,
             method_options=recipe.method.options,
             label_mapping=recipe.label_mapping or None,
@@ -116,7 +118,7 @@ def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
     try:  # replace() runs each section's checks again
         if args.teacher:
             recipe.teachers = [TeacherEntry(source) for source in args.teacher]
-        data = {"name": args.data, "labeled_fraction": args.labeled_fraction}
+        data = {"name": args.data, "labeled_fraction": args.labeled_fraction, "eval": args.eval_data}
         recipe.data = dataclasses.replace(recipe.data, **{k: v for k, v in data.items() if v is not None})
         if args.method is not None:
             recipe.method = dataclasses.replace(recipe.method, name=args.method)
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--teacher", action="append", metavar="SOURCE",
                      help="a teacher (Hub id or folder), repeated for each; replaces the recipe's teachers")
     run.add_argument("--data", help="digits | fashion-mnist | a datasets id | an image folder")
+    run.add_argument("--eval-data", metavar="DATA", help="labeled data to measure the student on (default: the "
+                     "test split of --data; needed when --data has no labels, e.g. a flat folder of images)")
     run.add_argument("--method", help="a registered method (`amalgam methods` lists them)")
     run.add_argument("--labeled-fraction", type=float, metavar="F", help="the share of labels the method may use")
     run.add_argument("--student", metavar="ARCH", help="the student's timm architecture")

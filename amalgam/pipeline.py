@@ -134,9 +134,10 @@ class Pipeline:
         cls,
         teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
         student: str | Student = "test_efficientnet",
-        data: str | ImageData = "digits",
+        data: Any = "digits",
         method: str = "soft-targets",
         *,
+        eval_data: Any = None,
         method_options: Mapping[str, Any] | None = None,
         label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
         labeled_fraction: float = 0.0,
@@ -151,9 +152,19 @@ class Pipeline:
         config = config or TrainConfig()
         teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
         data = load_data(data)
+        scored = load_data(eval_data, role="eval") if eval_data is not None else data  # what the test split is of
+        if not scored.labeled:
+            raise DataError(
+                f"the transfer data {data.name!r} has no labels, so it cannot measure the student: give labeled "
+                "evaluation data as well (eval_data=..., `amalgam run --eval-data ...`, [data] eval = ...)"
+            )
+        if labeled_fraction and not data.labeled:
+            raise DataError(f"labeled_fraction={labeled_fraction} asks for labels of the transfer data "
+                            f"{data.name!r}, which has none: leave it at 0, or use labeled transfer data")
         label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
-        label_map = data_label_map(data, label_space)
-        warn_lost_accuracy(data, label_space, label_map, teachers)
+        label_map = data_label_map(scored, label_space)
+        warn_lost_accuracy(scored, label_space, label_map, teachers)
+        transfer_map = label_map if scored is data else (label_space.map_classes(data.class_names))
         torch.manual_seed(config.seed)  # the initial weights of the method's parts and the student belong to the seed
         method_module = create_method(method, label_space, teachers, dict(method_options or {}))
         needs = method_module.needs()
@@ -167,15 +178,16 @@ class Pipeline:
         if needs.labels and not visible.size:
             raise MethodError(f"method {method!r} fits part of itself on labels: give it a labeled_fraction > 0 "
                               "(for example 0.02)")
-        transfer = RelabeledImages(data.train, label_map, visible=visible)
-        test = RelabeledImages(data.test, label_map)
+        transfer = RelabeledImages(data.train, transfer_map, visible=visible)
+        test = RelabeledImages(scored.test, label_map)
         description = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "teachers": [t.describe() for t in teachers],
             "label_space": {"classes": list(label_space.class_names), "overlaps": label_space.overlaps(),
                             "mapping": label_mapping},
             "data": {"name": data.name, "transfer_samples": len(transfer), "labeled_samples": int(visible.size),
-                     "labeled_fraction": labeled_fraction, "test_samples": len(test)},
+                     "labeled_fraction": labeled_fraction, "test_samples": len(test),
+                     "eval": scored.name if scored is not data else None},
             "method": {"name": method, "options": dict(method_options or {}), "paper": method_module.paper,
                        "summary": method_module.summary},
             "student": {"architecture": student.architecture, "parameters": student.num_parameters,
@@ -184,7 +196,7 @@ class Pipeline:
         }
         return cls(teachers, label_space, method_module, student, transfer, test, visible, config,
                    knowledge or Knowledge(), data.name, description=description,
-                   excluded_test_samples=int(sum(1 for y in data.test_labels if label_map[int(y)] < 0)))
+                   excluded_test_samples=int(sum(1 for y in scored.test_labels if label_map[int(y)] < 0)))
 
     def teacher_signals(self, progress: bool = True) -> TeacherSignals | None:
         """The teachers' outputs as the method needs them: ``None`` when it reads none (or runs the teachers

@@ -7,7 +7,8 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     revision = "main"               # optional: branch, tag or commit
     class_names = ["0", "1"]        # optional: when the files carry none
     [data]
-    name = "digits"                 # digits | fashion-mnist | a datasets id | an image folder
+    name = "digits"                 # digits | fashion-mnist | a datasets id | an image folder (labeled or not)
+    eval = "./eval-images"          # optional: labeled data to measure on (default: the test split of name)
     labeled_fraction = 0.0
     [student]
     architecture = "test_efficientnet"
@@ -60,6 +61,7 @@ class DataSection:
     name: str = "digits"
     labeled_fraction: float = 0.0
     image_size: int | None = None
+    eval: str | None = None  # labeled data that measures the student (default: the test split of name)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -200,6 +202,8 @@ def load_recipe(path: str | Path) -> Recipe:
     for teacher in recipe.teachers:
         teacher.source = _against(folder, teacher.source)
     recipe.data.name = _against(folder, recipe.data.name)
+    if recipe.data.eval is not None:
+        recipe.data.eval = _against(folder, recipe.data.eval)
     if "dir" in (values.get("output") or {}) and not Path(recipe.output.dir).expanduser().is_absolute():
         recipe.output.dir = str(folder / recipe.output.dir)
     return recipe

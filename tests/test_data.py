@@ -105,13 +105,13 @@ def test_a_dataset_object_and_a_save_to_disk_folder(tmp_path):
     assert image.shape == (1, 8, 8) and label == labels[0]
 
 
-def test_a_dataset_without_class_labels_says_what_it_lacks():
+def test_evaluation_data_without_class_labels_says_what_it_lacks():
     dataset, _ = _digits_dataset(10)
     with pytest.raises(DataError, match="has images but no class-label column"):
-        load_data(dataset.remove_columns("label"))
+        load_data(dataset.remove_columns("label"), role="eval")
     numbers = dataset.cast_column("label", __import__("datasets").Value("int64"))
     with pytest.raises(DataError, match=r"class_encode_column\('label'\)"):
-        load_data(numbers)
+        load_data(numbers, role="eval")
 
 
 def test_one_odd_image_does_not_set_the_size_of_all(tmp_path):
@@ -123,3 +123,63 @@ def test_one_odd_image_does_not_set_the_size_of_all(tmp_path):
             Image.new("L", (12, 10)).save(tmp_path / name / f"{i}.png")
     Image.new("L", (1, 1)).save(tmp_path / "a" / "0.png")  # the first image datasets reads
     assert load_data(str(tmp_path)).size == (10, 12)
+
+
+def _png_folder(root, digits, indices, by_class: bool, sizes=((8, 8),)):
+    """Digits as PNGs under ``root``: in class folders, or loose with some in nested folders (no labels), at
+    mixed sizes. (Sub-folders alone would read as classes: a list of the files reads them unlabeled.)"""
+    from PIL import Image
+
+    for n, i in enumerate(indices):
+        image, label = digits.train[i] if by_class is not None else digits.test[i]
+        folder = root / digits.class_names[label] if by_class else root / ("more/deeper" if n % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray((image[0].numpy() * 255).astype(np.uint8))
+        picture.resize(sizes[n % len(sizes)]).save(folder / f"{i}.png")
+    return root
+
+
+def test_unlabeled_transfer_data_in_every_form(tmp_path):
+    import datasets
+
+    digits = load_data("digits")
+    nested = _png_folder(tmp_path / "nested", digits, range(30), by_class=False, sizes=((8, 8), (16, 16), (12, 9)))
+    with pytest.warns(UserWarning, match="read as unlabeled transfer images"):
+        data = load_data(str(nested))
+    assert (data.labeled, len(data.train), len(data.test), data.size) == (False, 30, 0, (9, 12))  # median H, W
+    assert set(data.train_labels.tolist()) == {UNLABELED} and data.train[0][1] == UNLABELED
+    files = sorted(nested.rglob("*.png"))
+    listed = load_data(files[:10])
+    assert not listed.labeled and len(listed.train) == 10 and listed.train[0][0].shape == (1, *listed.size)
+    images = datasets.Dataset.from_dict({"image": [str(f) for f in files]}).cast_column("image", datasets.Image())
+    assert not load_data(images).labeled
+    with pytest.raises(DataError, match="has images but no class-label column.*evaluation needs one"):
+        load_data(images, role="eval")
+
+
+def test_a_run_on_unlabeled_images_needs_labeled_eval_data_and_uses_it_whole(tmp_path):
+    import warnings
+
+    import amalgam
+    from tests.tiny import tiny_teachers
+
+    digits = load_data("digits")
+    teachers = tiny_teachers([str(d) for d in range(5)], [str(d) for d in range(5, 10)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flat = load_data(str(_png_folder(tmp_path / "flat", digits, range(40), by_class=False)))
+    with pytest.raises(DataError, match="has no labels, so it cannot measure the student: give labeled evaluation"):
+        amalgam.amalgamate(teachers, data=flat, epochs=1, progress=False)
+    with pytest.raises(DataError, match="labeled_fraction=0.1 asks for labels"):
+        amalgam.amalgamate(teachers, data=flat, eval_data="digits", labeled_fraction=0.1, epochs=1, progress=False)
+    labeled = _png_folder(tmp_path / "eval", digits, range(50), by_class=True)
+    result = amalgam.amalgamate(teachers, data=flat, eval_data=str(labeled), epochs=1, batch_size=16,
+                                progress=False, knowledge_cache=False, run_dir=tmp_path / "run")
+    assert result.metrics["test_samples"] == 50  # a folder without a test split is evaluated whole
+    assert result.metrics["labeled_samples"] == 0
+
+    from amalgam.publish.card import render_model_card
+    from amalgam.publish.run import load_run
+
+    card = render_model_card(load_run(tmp_path / "run"), "org/student")
+    assert "are on local folder `eval`, labeled evaluation data of its own" in " ".join(card.split())

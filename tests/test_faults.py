@@ -374,13 +374,16 @@ def test_case9_a_folder_of_a_single_class_says_so(tmp_path):
     from amalgam.errors import DataError
 
     folder = _image_folder(tmp_path / "images", classes=("cat",))
-    with pytest.raises(DataError, match=r"a single class folder \('cat', 3 images\).*at least two"):
-        load_data(str(folder))
+    message = r"a single class folder \('cat', 3 images\).*at least two"
+    with pytest.raises(DataError, match=message):  # as evaluation data it needs labels
+        load_data(str(folder), role="eval")
+    with pytest.warns(UserWarning, match=message + ".*read as unlabeled transfer images"):
+        assert not load_data(str(folder)).labeled  # as transfer data it is a pile of unlabeled images
     flat = tmp_path / "flat"
     flat.mkdir()
     shutil.copy(folder / "cat" / "0.png", flat / "0.png")
     with pytest.raises(DataError, match="images outside class sub-folders"):
-        load_data(str(flat))
+        load_data(str(flat), role="eval")
 
 
 # ---- 10-12. the app -----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,28 +12,38 @@ from amalgam.data.images import UNLABELED, ImageData, RelabeledImages, TensorIma
 from amalgam.errors import DataError
 
 
-def load_data(source: Any, image_size: int | None = None) -> ImageData:
-    """Load a data set: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, a folder of class folders of
-    images or one written by ``save_to_disk``, or a ``datasets.Dataset`` / ``DatasetDict`` (labeled, for now).
+def load_data(source: Any, image_size: int | None = None, role: str = "transfer") -> ImageData:
+    """Load a data set: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, a folder of images (with class
+    sub-folders: labeled; flat or nested otherwise: unlabeled), a folder written by ``save_to_disk``, a
+    ``datasets.Dataset`` / ``DatasetDict``, or a list of image files (unlabeled). ``role="eval"`` asks for
+    evaluation data: it must be labeled, and a set without a test split of its own is evaluated whole.
 
     Example:
         >>> data = load_data("digits")
         >>> len(data.train), len(data.test), data.class_names[:3]
         (1437, 360, ['0', '1', '2'])
     """
+    if role not in ("transfer", "eval"):
+        raise ValueError(f"role must be 'transfer' or 'eval', got {role!r}")
     if isinstance(source, ImageData):
+        if role == "eval" and not source.labeled:
+            raise DataError(f"evaluation data {source.name!r} has no labels: give a labeled set")
         return source
-    if type(source).__module__.startswith("datasets."):  # a Dataset or DatasetDict object
-        return load_hf_images(source, image_size=image_size)
+    if isinstance(source, (list, tuple)) or type(source).__module__.startswith("datasets."):
+        return load_hf_images(list(source) if isinstance(source, tuple) else source, image_size=image_size,
+                              role=role)  # image files, or a Dataset / DatasetDict object
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
-        raise DataError(f"data must be a data set name, Hub id or folder, got {source!r}")
+        raise DataError(f"data must be a data set name, Hub id, folder, list of image files or datasets object, "
+                        f"got {source!r}")
     if source in BUILTIN:
         return BUILTIN[source]()
     if Path(source).expanduser().is_dir() or "/" in source:
-        return load_hf_images(source, image_size=image_size)
+        return load_hf_images(source, image_size=image_size, role=role)
     raise DataError(
         f"unknown data set {source!r}: use one of the built-in sets {sorted(BUILTIN)}, a `datasets` Hub id "
-        "('org/name'), or a folder of images in class sub-folders"
+        "('org/name'), or a folder of images"
     )
 
 

@@ -19,22 +19,22 @@ def image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def check_class_folders(folder: Path, files: list[Path]) -> None:
-    """Refuse a folder whose images do not sit in at least two class sub-folders, saying what was found."""
+def class_layout_problem(folder: Path, files: list[Path]) -> str | None:
+    """Why ``folder``'s images do not sit in at least two class sub-folders (``None`` when they do): the labels
+    of an image folder are its class folders' names."""
     if not files:
-        raise DataError(f"image folder {str(folder)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return f"image folder {str(folder)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
     loose = [p for p in files if p.parent == folder]
     if loose:
-        raise DataError(
-            f"image folder {str(folder)!r} has images outside class sub-folders (e.g. {loose[0].name}); put each "
-            "class's images in a sub-folder named after the class (cat/1.png, dog/2.png)"
-        )
+        return (f"image folder {str(folder)!r} has images outside class sub-folders (e.g. {loose[0].name}), so it "
+                "has no labels; for labels, put each class's images in a sub-folder named after the class "
+                "(cat/1.png, dog/2.png)")
     classes = sorted({p.relative_to(folder).parts[0] for p in files})
     if len(classes) < 2:
-        raise DataError(
-            f"image folder {str(folder)!r} holds a single class folder ({classes[0]!r}, {len(files)} images); the "
-            "labels come from the class sub-folders, so it needs at least two of them (cat/1.png, dog/2.png)"
-        )
+        return (f"image folder {str(folder)!r} holds a single class folder ({classes[0]!r}, {len(files)} images); "
+                "the labels come from the class sub-folders, so it needs at least two of them (cat/1.png, "
+                "dog/2.png)")
+    return None
 
 
 def check_image_file(path: Path) -> None:
@@ -60,16 +60,20 @@ def check_image_file(path: Path) -> None:
         ) from None
 
 
-def check_image_folder(folder: Path) -> list[Path]:
-    """The image files of a class-folder data set (``class/image``, or ``train/class/image`` beside
-    ``test/class/image``), after checking its layout and every file."""
-    files = image_files(folder)
+def folder_layout_problem(folder: Path, files: list[Path]) -> str | None:
+    """:func:`class_layout_problem` of ``folder`` (``class/image``), or of each split folder when it is laid out
+    as ``train/class/image`` beside ``test/class/image``."""
     splits = {p.relative_to(folder).parts[0] for p in files if p.parent != folder}
     if splits and splits <= SPLIT_FOLDERS:
         for split in sorted(splits):
-            check_class_folders(folder / split, [p for p in files if p.relative_to(folder).parts[0] == split])
-    else:
-        check_class_folders(folder, files)
+            problem = class_layout_problem(folder / split, [p for p in files if p.relative_to(folder).parts[0] == split])
+            if problem:
+                return problem
+        return None
+    return class_layout_problem(folder, files)
+
+
+def check_image_files(files: list[Path]) -> None:
+    """Every file checked with :func:`check_image_file`: a bad one is named before anything trains."""
     for path in files:
         check_image_file(path)
-    return files

@@ -1,17 +1,19 @@
-"""Image data from a ``datasets`` Hub id or a local image folder, through the real ``datasets`` loaders."""
+"""Image data from a ``datasets`` Hub id, a ``datasets`` object or folder, a local image folder or a list of
+image files, through the real ``datasets`` loaders (labeled or not)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from amalgam.data.folders import check_image_folder
-from amalgam.data.images import ImageData
+from amalgam.data.folders import check_image_files, folder_layout_problem, image_files
+from amalgam.data.images import UNLABELED, ImageData
 from amalgam.errors import DataError
 from amalgam.hub import check_repo_id
 
@@ -21,9 +23,11 @@ SIZE_SAMPLE = 64  # images whose median size is the set's default size
 
 
 class HFImages(Dataset):
-    """A ``datasets`` split of images (any PIL mode, any size), yielded as ``C x H x W`` floats at one size."""
+    """A ``datasets`` split of images (any PIL mode, any size), yielded as ``C x H x W`` floats at one size, with
+    their class (``UNLABELED`` for a set without a label column). Rows are decoded as they are read."""
 
-    def __init__(self, split: Any, image_column: str, label_column: str, channels: int, size: tuple[int, int]):
+    def __init__(self, split: Any, image_column: str, label_column: str | None, channels: int,
+                 size: tuple[int, int]):
         self.split = split
         self.image_column = image_column
         self.label_column = label_column
@@ -44,10 +48,12 @@ class HFImages(Dataset):
         if image.size != (self.size[1], self.size[0]):
             image = image.resize((self.size[1], self.size[0]))
         array = np.asarray(image, dtype=np.uint8).reshape(image.size[1], image.size[0], self.channels)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0, int(row[self.label_column])
+        label = UNLABELED if self.label_column is None else int(row[self.label_column])
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0, label
 
 
-def _columns(split: Any, where: str) -> tuple[str, str, list[str]]:
+def _columns(split: Any, where: str, need_labels: bool) -> tuple[str, str | None, list[str]]:
+    """The image column, the class-label column (``None`` for an unlabeled set) and the class names."""
     from datasets import ClassLabel, Image
 
     images = [name for name, feature in split.features.items() if isinstance(feature, Image)]
@@ -55,13 +61,16 @@ def _columns(split: Any, where: str) -> tuple[str, str, list[str]]:
     if not images:
         raise DataError(f"{where} has no image column (a datasets Image feature); its features are "
                         f"{dict(split.features)}")
-    if not labels:
+    if not labels and need_labels:
         hint = next((f" Its column {name!r} holds numbers or names: dataset.class_encode_column({name!r}) makes "
                      "it one." for name in ("label", "labels", "class") if name in split.features), "")
         raise DataError(
             f"{where} has images but no class-label column (a datasets ClassLabel feature, which names the "
-            f"classes amalgam matches with the teachers'); its features are {dict(split.features)}.{hint}"
+            f"classes amalgam matches with the teachers'); evaluation needs one. Its features are "
+            f"{dict(split.features)}.{hint}"
         )
+    if not labels:
+        return images[0], None, []
     return images[0], labels[0], list(split.features[labels[0]].names)
 
 
@@ -70,7 +79,15 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def _open(source: Any, revision: str | None) -> tuple[Any, str]:
+def _files_dataset(files: Sequence[str | os.PathLike]) -> Any:
+    """Image files as an unlabeled ``datasets`` split: their paths in Arrow, each decoded when it is read."""
+    import datasets
+
+    check_image_files([Path(f) for f in files])
+    return datasets.Dataset.from_dict({"image": [str(f) for f in files]}).cast_column("image", datasets.Image())
+
+
+def _open(source: Any, revision: str | None, role: str) -> tuple[Any, str]:
     """``source`` as a ``DatasetDict`` and the name a run records for it."""
     import datasets
 
@@ -78,6 +95,8 @@ def _open(source: Any, revision: str | None) -> tuple[Any, str]:
         return datasets.DatasetDict({"train": source}), source.info.dataset_name or "dataset"
     if isinstance(source, datasets.DatasetDict):
         return source, next(iter(source.values())).info.dataset_name or "dataset"
+    if isinstance(source, (list, tuple)):
+        return datasets.DatasetDict({"train": _files_dataset(source)}), f"{len(source)} image files"
     path = Path(source).expanduser()
     try:
         if path.is_dir() and _is_saved_dataset(path):
@@ -85,7 +104,15 @@ def _open(source: Any, revision: str | None) -> tuple[Any, str]:
             return (datasets.DatasetDict({"train": loaded}) if isinstance(loaded, datasets.Dataset) else loaded,
                     str(source))
         if path.is_dir():  # before datasets reads it: a bad layout or file is named, not found mid-run
-            check_image_folder(path)
+            files = image_files(path)
+            problem = folder_layout_problem(path, files)
+            if problem is not None and (role == "eval" or not files):
+                raise DataError(problem)
+            if problem is not None:
+                warnings.warn(f"{problem}. Its {len(files)} images are read as unlabeled transfer images.",
+                              stacklevel=4)
+                return datasets.DatasetDict({"train": _files_dataset(files)}), str(source)
+            check_image_files(files)
             return datasets.load_dataset("imagefolder", data_dir=str(path)), str(source)
         return datasets.load_dataset(check_repo_id(source, "data set", DataError), revision=revision), str(source)
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ValueError) as err:
@@ -94,43 +121,59 @@ def _open(source: Any, revision: str | None) -> tuple[Any, str]:
         raise DataError(f"could not load data set {source!r}: {err}") from None
 
 
-def load_hf_images(source: Any, image_size: int | None = None, revision: str | None = None) -> ImageData:
-    """Load a ``datasets`` Hub id, a folder written by ``save_to_disk``, a ``Dataset`` / ``DatasetDict``, or a
-    local image folder (``class_name/image.png`` layout).
+def _test_split(loaded: Any, train: Any, label_column: str | None, name: str, role: str) -> tuple[Any, Any]:
+    """The train and test splits: the set's own test split; else, for evaluation, all of it; else 20% of train
+    (stratified where it can be); an unlabeled set has no test split."""
+    test_name = next((split for split in TEST_SPLITS if split in loaded), None)
+    if test_name is not None:
+        return train, loaded[test_name]
+    if label_column is None:
+        return train, train.select([])
+    if role == "eval":
+        return train, train
+    try:
+        parts = train.train_test_split(test_size=GENERATED_TEST_FRACTION, stratify_by_column=label_column, seed=0)
+    except ValueError as err:  # a class of one image cannot be stratified
+        warnings.warn(f"data set {name!r}: its test split (20% of train) is drawn without stratifying, as "
+                      f"datasets cannot stratify it ({err}); give it a test split of its own", stacklevel=4)
+        parts = train.train_test_split(test_size=GENERATED_TEST_FRACTION, seed=0)
+    return parts["train"], parts["test"]
 
-    A missing test split is made from 20% of train, stratified. Images are converted to RGB (grey if every
-    image of the first rows is grey) and resized to ``image_size`` (default: the median size of the first
-    images, so that one odd image does not set the size of all).
+
+def load_hf_images(source: Any, image_size: int | None = None, revision: str | None = None,
+                   role: str = "transfer") -> ImageData:
+    """Load a ``datasets`` Hub id, a folder written by ``save_to_disk``, a ``Dataset`` / ``DatasetDict``, a local
+    image folder, or a list of image files.
+
+    A folder of class sub-folders (``class_name/image.png``) is labeled; any other folder of images (flat or
+    nested) and a list of files are unlabeled, as is a data set without a ClassLabel column: as transfer data
+    (``role="transfer"``) that is fine, as evaluation data (``role="eval"``) an error. A labeled set without a
+    test split gets 20% of train (stratified) as its test split, or, for evaluation, is its test split whole.
+    Images are converted to RGB (grey if every image of the first rows is grey) and resized to ``image_size``
+    (default: the median size of the first images, so that one odd image does not set the size of all).
     """
-    loaded, name = _open(source, revision)
-    source = name
+    loaded, name = _open(source, revision, role)
     if "train" not in loaded:
-        raise DataError(f"data set {source!r} has no 'train' split; its splits are {list(loaded)}")
-    train = loaded["train"]
-    image_column, label_column, class_names = _columns(train, f"data set {source!r}")
-    test_name = next((name for name in TEST_SPLITS if name in loaded), None)
-    if test_name is None:
-        try:
-            parts = train.train_test_split(test_size=GENERATED_TEST_FRACTION, stratify_by_column=label_column,
-                                           seed=0)
-        except ValueError as err:  # a class of one image cannot be stratified
-            warnings.warn(f"data set {source!r}: its test split (20% of train) is drawn without stratifying, as "
-                          f"datasets cannot stratify it ({err}); give it a test split of its own", stacklevel=3)
-            parts = train.train_test_split(test_size=GENERATED_TEST_FRACTION, seed=0)
-        train, test = parts["train"], parts["test"]
-    else:
-        test = loaded[test_name]
+        raise DataError(f"data set {name!r} has no 'train' split; its splits are {list(loaded)}")
+    image_column, label_column, class_names = _columns(loaded["train"], f"data set {name!r}", role == "eval")
+    train, test = _test_split(loaded, loaded["train"], label_column, name, role)
     first = [train[i][image_column] for i in range(min(SIZE_SAMPLE, len(train)))]
     channels = 1 if all(image.mode in ("L", "1") for image in first[:8]) else 3
     size = (image_size, image_size) if image_size else (int(np.median([im.size[1] for im in first])),
                                                          int(np.median([im.size[0] for im in first])))
+
+    def labels(split: Any) -> np.ndarray:
+        if label_column is None:
+            return np.full(len(split), UNLABELED, dtype=np.int64)
+        return np.asarray(split[label_column], dtype=np.int64)
+
     return ImageData(
-        name=str(source),
+        name=name,
         class_names=class_names,
         train=HFImages(train, image_column, label_column, channels, size),
         test=HFImages(test, image_column, label_column, channels, size),
-        train_labels=np.asarray(train[label_column], dtype=np.int64),
-        test_labels=np.asarray(test[label_column], dtype=np.int64),
+        train_labels=labels(train),
+        test_labels=labels(test),
         channels=channels,
         size=size,
     )

@@ -50,7 +50,7 @@ class RelabeledImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[index]
-        if self.visible is not None and index not in self.visible:
+        if label < 0 or (self.visible is not None and index not in self.visible):
             return image, UNLABELED
         return image, self.label_map[label]
 
@@ -61,7 +61,8 @@ class ImageData:
 
     ``train`` is used as the transfer set (its labels only for the labeled fraction); ``test`` measures the
     student and the teachers. Both yield ``(image, label)`` with ``image`` a ``C x H x W`` float tensor in
-    ``[0, 1]`` and ``label`` an index into ``class_names``.
+    ``[0, 1]`` and ``label`` an index into ``class_names``. An unlabeled set has no ``class_names``, every label
+    ``UNLABELED`` and an empty ``test``: it is transfer data only.
     """
 
     name: str
@@ -72,6 +73,10 @@ class ImageData:
     test_labels: np.ndarray
     channels: int
     size: tuple[int, int]
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.class_names)
 
     def __repr__(self) -> str:
         return (

@@ -106,7 +106,9 @@ def card_context(record: RunRecord, repo_id: str, *, timm_layout: bool, space_id
         "overlaps": {name: [names[k] for k in owners]
                      for name, owners in run.get("label_space", {}).get("overlaps", {}).items()},
         "method": method_info(run["method"]) if "method" in run else None,
-        "data": {**run["data"], "display": data_origin(run["data"]["name"])} if "data" in run else None,
+        "data": {**run["data"], "display": data_origin(run["data"]["name"]),
+                 "eval_display": data_origin(run["data"]["eval"]) if run["data"].get("eval") else None}
+        if "data" in run else None,
         "train": run.get("train"),
         "results": results_rows(record.metrics) if record.metrics else [],
         "per_class": (record.metrics or {}).get("student", {}).get("per_class", {}),

@@ -19,12 +19,15 @@ Mapping_ = Mapping[str, str]
 
 
 def normalize_class_name(name: str) -> str:
-    """The key under which two class names count as the same class.
+    """The key under which two class names count as the same class: case, spaces, ``_``, ``-`` and ``/`` do not
+    count (a folder cannot be named ``T-shirt/top``, so ``T-shirt_top/`` holds that class).
 
     >>> normalize_class_name("  Ankle_boot ") == normalize_class_name("ankle-Boot")
     True
+    >>> normalize_class_name("T-shirt/top") == normalize_class_name("T-shirt_top")
+    True
     """
-    return re.sub(r"[\s_\-]+", " ", str(name)).strip().casefold()
+    return re.sub(r"[\s_\-/\\]+", " ", str(name)).strip().casefold()
 
 
 def distinct_class_names(names: Sequence[str]) -> list[str]:
