@@ -83,7 +83,9 @@ def main() -> None:
              f"Teachers: the fashion-mnist demo's; soft-targets, no labels, {args.epochs} epochs, seed 0, the "
              "default budget otherwise. The flat folder holds Fashion-MNIST's train images as PNGs at mixed "
              f"sizes ({', '.join(map(str, SIZES))} px, cycling); the evaluation folder its test images in class "
-             f"folders. Writing the {args.samples} + 10000 PNGs took {written:.0f} s. Idle 2-core CPU.",
+             f"folders. Writing the {args.samples} + 10000 PNGs took {written:.0f} s. Idle 2-core CPU. The "
+             "built-in run's wall time is less where an earlier run left its teachers' outputs in the knowledge "
+             "cache; the own-data run computes them (its data is new to the cache).",
              "Regenerate: `python -m bench.own_data`.", "",
              "| transfer data | transfer images | test images | student accuracy | soft-targets' target | wall time (s) |",
              "|---|---|---|---|---|---|"]
