@@ -132,8 +132,19 @@ def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
         recipe.output.dir = args.out
 
 
+def _quiet_libraries() -> None:
+    """``--quiet``: the libraries' own progress bars too (transformers' weight loading, datasets' file scans)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if args.quiet:
+        _quiet_libraries()
     resume = Path(args.resume) if args.resume is not None else None
     if args.demo is not None and (args.recipe or resume is not None):
         raise RecipeError("--demo runs a built-in recipe: give it without a recipe file or --resume")

@@ -174,6 +174,7 @@ def test_cli_flags_make_a_recipe_optional(demo_zoo, tmp_path, capsys):
             "concat-logits", "--labeled-fraction", "0.05", "--student", "test_resnet", "--epochs", "1", "--out",
             str(out), "--quiet"]
     assert main(argv) == 0
+    assert "Loading weights" not in capsys.readouterr().err  # --quiet quiets transformers' bars too
     (run_dir,) = out.iterdir()
     run = json.loads((run_dir / "run.json").read_text())
     assert [t["source"] for t in run["teachers"]] == [str(f) for f in demo_zoo]
