@@ -49,18 +49,24 @@ def _error(err: Exception) -> str:
     return f"**Error:** {html.escape(text, quote=False)}"
 
 
-class CheckedImage(gr.Image):
-    """``gr.Image`` whose upload, when it is not a picture, is a message in the page, not a failed request."""
+def refuse_unreadable(image: gr.Image) -> gr.Image:
+    """``image`` whose upload, when it is not a picture, is a message in the page, not a failed request.
 
-    is_template = True  # the page draws it as a gr.Image
+    Its ``preprocess`` is wrapped on the instance: a subclass of a Gradio component would make Gradio write a
+    ``.pyi`` stub beside this file at every import.
+    """
+    decode = image.preprocess
 
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable files
             name = getattr(payload, "orig_name", None) or "the uploaded file"
             raise gr.Error(f"{name} is not a picture that can be read ({type(err).__name__}); upload a PNG, JPEG "
                            "or WebP image") from None
+
+    image.preprocess = preprocess
+    return image
 
 
 def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
@@ -293,8 +299,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                 try_run = gr.Markdown(NO_RUN)
                 with gr.Row():
                     with gr.Column():
-                        image = CheckedImage(type="pil", format="png", label="image", sources=["upload", "clipboard"],
-                                         height=260, elem_id="try-image")
+                        image = refuse_unreadable(gr.Image(type="pil", format="png", label="image",
+                                                           sources=["upload", "clipboard"], height=260,
+                                                           elem_id="try-image"))
                         with gr.Row():
                             take_sample = gr.Button("Sample a test image")
                             classify = gr.Button("Classify", variant="primary")
