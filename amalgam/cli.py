@@ -19,7 +19,6 @@ from amalgam.publish.card import DEFAULT_LICENSE
 from amalgam.recipe import DataSection, Recipe, TeacherEntry, load_recipe, parse_recipe
 
 RECIPE_FILE = "recipe.json"  # the recipe a run was started with, in its run folder, for --resume
-RUN_FILE = "run.json"  # written by amalgamate once the run is planned
 
 
 def create_run_dir(recipe: Recipe) -> Path:
@@ -57,6 +56,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
     training (its ``run.json`` not yet written) leaves no folder behind."""
     from amalgam.api import amalgamate
     from amalgam.data import load_data
+    from amalgam.pipeline import RUN_FILE
     from amalgam.teachers import load_teacher
     from amalgam.zoo import build_demo_zoo
 

@@ -47,6 +47,8 @@ from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
 logger = logging.getLogger(__name__)
 
+RUN_FILE = "run.json"  # what a run is (written before training), in its run folder
+
 
 @dataclass(frozen=True)
 class Knowledge:
@@ -79,19 +81,26 @@ def warn_lost_accuracy(data: ImageData, label_space: LabelSpace, label_map: Sequ
     for k, teacher in enumerate(teachers):
         if not present & set(label_space.teacher_indices[k]):
             found.append(f"teacher {teacher.name!r} knows none of the data's classes (its {len(teacher.class_names)} "
-                         f"classes: {teacher.class_names[:5]}{'...' if len(teacher.class_names) > 5 else ''}; the "
-                         f"data's: {data.class_names[:5]}...): the student learns its outputs on images that are none "
-                         "of them. Leave it out, or align the names with label_mapping.")
+                         f"classes: {_some(teacher.class_names)}; the data's: {_some(data.class_names)}): the student "
+                         "learns its outputs on images that are none of them. Leave it out, or align the names with "
+                         "label_mapping.")
     unknown = [name for name, j in zip(data.class_names, label_map) if j < 0]
     if unknown:
-        known = {i for i, j in enumerate(label_map) if j < 0}
-        excluded = int(sum(1 for y in data.test_labels if int(y) in known))
-        found.append(f"data classes {unknown} are known to no teacher: their {excluded} test images are left out of "
-                     "every accuracy (excluded_test_samples). Align the names with label_mapping if a teacher "
-                     "knows them under another name.")
+        found.append(f"data classes {unknown} are known to no teacher: their {excluded_test_samples(data, label_map)} "
+                     "test images are left out of every accuracy (excluded_test_samples). Align the names with "
+                     "label_mapping if a teacher knows them under another name.")
     for message in found:
         warnings.warn(message, stacklevel=3)
     return found
+
+
+def excluded_test_samples(data: ImageData, label_map: Sequence[int]) -> int:
+    """The test images of classes no teacher knows (``label_map`` -1): left out of every accuracy."""
+    return int(sum(1 for y in data.test_labels if label_map[int(y)] < 0))
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(map(repr, names[:shown])) + (", ..." if len(names) > shown else "")
 
 
 def check_student(student: Student, label_space: LabelSpace, method: Method) -> None:
@@ -164,7 +173,7 @@ class Pipeline:
         label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
         label_map = data_label_map(scored, label_space)
         warn_lost_accuracy(scored, label_space, label_map, teachers)
-        transfer_map = label_map if scored is data else (label_space.map_classes(data.class_names))
+        transfer_map = label_map if scored is data else label_space.map_classes(data.class_names)
         torch.manual_seed(config.seed)  # the initial weights of the method's parts and the student belong to the seed
         method_module = create_method(method, label_space, teachers, dict(method_options or {}))
         needs = method_module.needs()
@@ -196,7 +205,7 @@ class Pipeline:
         }
         return cls(teachers, label_space, method_module, student, transfer, test, visible, config,
                    knowledge or Knowledge(), data.name, description=description,
-                   excluded_test_samples=int(sum(1 for y in scored.test_labels if label_map[int(y)] < 0)))
+                   excluded_test_samples=excluded_test_samples(scored, label_map))
 
     def teacher_signals(self, progress: bool = True) -> TeacherSignals | None:
         """The teachers' outputs as the method needs them: ``None`` when it reads none (or runs the teachers
@@ -285,7 +294,7 @@ class Pipeline:
         """Refuse to resume the run recorded in ``run_dir/run.json`` with anything that shapes the result
         changed (teachers, classes, data, labeled fraction, method and options, student, training budget): the
         error names the first difference, so a resumed run never saves one run's student under another's record."""
-        path = Path(run_dir) / "run.json"
+        path = Path(run_dir) / RUN_FILE
         try:
             recorded = json.loads(path.read_text())
         except (OSError, ValueError) as err:
@@ -303,7 +312,7 @@ class Pipeline:
         """Write ``run.json`` (what the run is), first, so that a crashed run still says what it was."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps(self.description, indent=2))
+        (run_dir / RUN_FILE).write_text(json.dumps(self.description, indent=2))
 
     def save(self, run_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
         """Write the trained student (``student/``) and ``metrics.json`` into ``run_dir``."""
