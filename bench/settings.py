@@ -8,7 +8,7 @@
   three architectures, each on every class: an ensemble whose disagreement a multi-head student should keep.
 
 Teachers are trained on their classes of the train split only, saved in their libraries' Hub layouts under
-``$AMALGAM_HOME/bench-teachers/<setting>/`` and reused by every later run.
+``$AMALGAM_HOME/bench-teachers/<zoo version>/<setting>/`` and reused by every later run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 from amalgam.data import ImageData, load_digits, load_fashion_mnist
 from amalgam.engine import TrainConfig
 from amalgam.paths import amalgam_home
-from amalgam.zoo import FASHION_TEACHERS, TeacherSpec, build_teachers
+from amalgam.zoo import FASHION_TEACHERS, ZOO_VERSION, TeacherSpec, build_teachers
 
 STUDENT = "test_efficientnet"
 LABELED_FRACTION = 0.02
@@ -40,7 +40,7 @@ class Setting:
     budget: TrainConfig
 
     def teacher_folders(self, progress: bool = True) -> list[Path]:
-        root = amalgam_home() / "bench-teachers" / self.name
+        root = amalgam_home() / "bench-teachers" / ZOO_VERSION / self.name
         return build_teachers(self.teachers, self.data, root, progress=progress)
 
 

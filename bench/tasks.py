@@ -26,7 +26,7 @@ from amalgam import amalgamate, load_teacher
 from amalgam.data import ImageData, load_fashion_mnist
 from amalgam.data.images import TensorImages
 from amalgam.paths import amalgam_home
-from amalgam.zoo import TeacherSpec, build_teachers
+from amalgam.zoo import ZOO_VERSION, TeacherSpec, build_teachers
 from bench.settings import FASHION, FASHION_BUDGET, STUDENT
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,7 +54,7 @@ def coarse_fashion_mnist() -> ImageData:
 
 
 def teacher_folders(progress: bool = True) -> list[Path]:
-    root = amalgam_home() / "bench-teachers" / "fmnist-tasks"
+    root = amalgam_home() / "bench-teachers" / ZOO_VERSION / "fmnist-tasks"
     return [build_teachers({"item": TASKS["item"]}, load_fashion_mnist, root, progress=progress)[0],
             build_teachers({"coarse": TASKS["coarse"]}, coarse_fashion_mnist, root, progress=progress)[0]]
 

@@ -116,7 +116,8 @@ class Tryout:
                 teachers.append((described["name"], self.catalog.load(reload_source(described)), None))
             except AmalgamError as err:  # a teacher that moved away must not hide the others' answers
                 teachers.append((described["name"], None, str(err)))
-        sizes = [*student.input_spec.size] + [s for _, t, _ in teachers if t is not None for s in t.input_spec.size]
+        specs = [student.input_spec] + [t.input_spec for _, t, _ in teachers if t is not None]
+        sizes = [side for spec in specs for side in (spec.resize_size or spec.size)]  # before each one's crop
         batch = image_to_batch(image, student.input_spec.channels, max(sizes))
 
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from amalgam.data.builtin import FASHION_MNIST_CLASSES
 from amalgam.paths import amalgam_home
 from amalgam.zoo.teachers import train_teacher
 
-ZOO_VERSION = "v1"
+ZOO_VERSION = "v2"  # v2: timm teachers record the squash transform they are trained with (crop_pct 1)
 DIGITS_LOW = [str(d) for d in range(5)]
 DIGITS_HIGH = [str(d) for d in range(5, 10)]
 

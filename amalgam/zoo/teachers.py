@@ -44,7 +44,10 @@ def _timm_cnn(classes: list[str], size: int) -> tuple[nn.Module, ImageSpec, Save
 
     spec = ImageSpec(size=(size, size), channels=1, mean=(0.5,), std=(0.5,))
     model = timm.create_model("test_resnet", num_classes=len(classes), in_chans=1)
-    data_config = {"input_size": (1, size, size), "mean": spec.mean, "std": spec.std}
+    # the transform it is trained with, so that timm's eval transform (and amalgam's) give it the same input
+    # (timm's default for test_resnet would centre-crop 95% of the image)
+    data_config = {"input_size": (1, size, size), "mean": spec.mean, "std": spec.std, "crop_pct": 1.0,
+                   "crop_mode": "squash", "interpolation": spec.interpolation}
 
     def save(folder: Path) -> None:
         save_for_hf(model, folder, model_config={"label_names": classes}, safe_serialization=True,
