@@ -183,3 +183,27 @@ def test_a_run_on_unlabeled_images_needs_labeled_eval_data_and_uses_it_whole(tmp
 
     card = render_model_card(load_run(tmp_path / "run"), "org/student")
     assert "are on local folder `eval`, labeled evaluation data of its own" in " ".join(card.split())
+
+
+def test_big_photos_are_read_shrunk_with_their_aspect_not_at_full_size(tmp_path):
+    from PIL import Image
+
+    for i in range(3):  # all big: the median alone would read every image at 3000 x 2000
+        Image.new("RGB", (3000, 2000), (200, 100, 50)).save(tmp_path / f"{i}.jpg")
+    data = load_data([tmp_path / f"{i}.jpg" for i in range(3)])
+    image, _ = data.train[0]
+    assert data.size == (341, 512) and image.shape == (3, 341, 512)
+
+
+def test_sixteen_bit_images_keep_their_levels_through_a_folder(tmp_path):
+    from PIL import Image
+
+    levels = np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)  # 1000 / 65535 lies between 8-bit levels
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(levels).save(tmp_path / name / f"{i}.png")
+    data = load_data(str(tmp_path))
+    image, _ = data.train[0]
+    assert data.channels == 1 and image.shape == (1, 2, 2)
+    assert image.flatten().tolist() == pytest.approx((levels.flatten() / 65535).tolist(), abs=1e-6)

@@ -10,21 +10,26 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from amalgam.data.folders import check_image_files, folder_layout_problem, image_files
 from amalgam.data.images import UNLABELED, ImageData
+from amalgam.data.pictures import is_grey, match_channels, picture_tensor
 from amalgam.errors import DataError
 from amalgam.hub import check_repo_id
 
 TEST_SPLITS = ("test", "validation", "valid", "val")
 GENERATED_TEST_FRACTION = 0.2
 SIZE_SAMPLE = 64  # images whose median size is the set's default size
+MAX_SIDE = 512  # the default size's longer side at most: big photos are shrunk (aspect kept), not held whole
 
 
 class HFImages(Dataset):
     """A ``datasets`` split of images (any PIL mode, any size), yielded as ``C x H x W`` floats at one size, with
-    their class (``UNLABELED`` for a set without a label column). Rows are decoded as they are read."""
+    their class (``UNLABELED`` for a set without a label column). Rows are decoded as they are read (16-bit
+    images keep their levels; see :func:`amalgam.data.pictures.picture_tensor`) and resized with torch's
+    antialiased bilinear resize; each model then takes its own view of that (amalgam.teachers.preprocess)."""
 
     def __init__(self, split: Any, image_column: str, label_column: str | None, channels: int,
                  size: tuple[int, int]):
@@ -40,16 +45,16 @@ class HFImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.split[int(index)]
         try:  # PIL opens lazily: a broken file fails here, and the error must say which one
-            image = row[self.image_column].convert("L" if self.channels == 1 else "RGB")
+            image = match_channels(picture_tensor(row[self.image_column]), self.channels)
         except (OSError, SyntaxError, ValueError) as err:
             where = getattr(row[self.image_column], "filename", "") or f"row {index}"
             raise DataError(f"image {where} of the data set cannot be decoded ({type(err).__name__}: {err}); "
                             "remove or replace it") from None
-        if image.size != (self.size[1], self.size[0]):
-            image = image.resize((self.size[1], self.size[0]))
-        array = np.asarray(image, dtype=np.uint8).reshape(image.size[1], image.size[0], self.channels)
+        if tuple(image.shape[-2:]) != self.size:
+            image = F.interpolate(image[None], size=self.size, mode="bilinear", antialias=True,
+                                  align_corners=False)[0].clamp(0, 1)
         label = UNLABELED if self.label_column is None else int(row[self.label_column])
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0, label
+        return image, label
 
 
 def _columns(split: Any, where: str, need_labels: bool) -> tuple[str, str | None, list[str]]:
@@ -140,6 +145,23 @@ def _test_split(loaded: Any, train: Any, label_column: str | None, name: str, ro
     return parts["train"], parts["test"]
 
 
+def default_size(images: Sequence[Any]) -> tuple[int, int]:
+    """The size a set of images is read at: the median height and width of ``images`` (so that one odd image
+    does not set the size of all), shrunk with its aspect kept until the longer side is at most
+    :data:`MAX_SIDE`.
+
+    >>> from PIL import Image
+    >>> default_size([Image.new("L", (30, 20)), Image.new("L", (1, 1)), Image.new("L", (30, 20))])
+    (20, 30)
+    >>> default_size([Image.new("RGB", (4000, 3000))])
+    (384, 512)
+    """
+    height = float(np.median([image.size[1] for image in images]))
+    width = float(np.median([image.size[0] for image in images]))
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def load_hf_images(source: Any, image_size: int | None = None, revision: str | None = None,
                    role: str = "transfer") -> ImageData:
     """Load a ``datasets`` Hub id, a folder written by ``save_to_disk``, a ``Dataset`` / ``DatasetDict``, a local
@@ -150,7 +172,7 @@ def load_hf_images(source: Any, image_size: int | None = None, revision: str | N
     (``role="transfer"``) that is fine, as evaluation data (``role="eval"``) an error. A labeled set without a
     test split gets 20% of train (stratified) as its test split, or, for evaluation, is its test split whole.
     Images are converted to RGB (grey if every image of the first rows is grey) and resized to ``image_size``
-    (default: the median size of the first images, so that one odd image does not set the size of all).
+    (default: :func:`default_size` of the first images: their median size, the longer side at most 512).
     """
     loaded, name = _open(source, revision, role)
     if "train" not in loaded:
@@ -158,9 +180,8 @@ def load_hf_images(source: Any, image_size: int | None = None, revision: str | N
     image_column, label_column, class_names = _columns(loaded["train"], f"data set {name!r}", role == "eval")
     train, test = _test_split(loaded, loaded["train"], label_column, name, role)
     first = [train[i][image_column] for i in range(min(SIZE_SAMPLE, len(train)))]
-    channels = 1 if all(image.mode in ("L", "1") for image in first[:8]) else 3
-    size = (image_size, image_size) if image_size else (int(np.median([im.size[1] for im in first])),
-                                                         int(np.median([im.size[0] for im in first])))
+    channels = 1 if all(is_grey(image) for image in first[:8]) else 3
+    size = (image_size, image_size) if image_size else default_size(first)
 
     def labels(split: Any) -> np.ndarray:
         if label_column is None:

@@ -14,6 +14,7 @@ from amalgam.errors import DataError
 
 Picture = Union[torch.Tensor, np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821 - PIL is lazy
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights: RGB -> grey (as PIL's "L" mode)
 
 
 def _from_array(array: np.ndarray, where: str) -> torch.Tensor:
@@ -37,13 +38,36 @@ def _from_pil(image: Any) -> torch.Tensor:
         return _from_array(np.asarray(image, dtype=np.int64).clip(0, 65535).astype(np.uint16), "image")
     if image.mode == "F":
         return _from_array(np.asarray(image, dtype=np.float32), "image")
-    grey = image.mode in ("1", "L", "LA") or (image.mode == "P" and _palette_is_grey(image))
-    return _from_array(np.asarray(image.convert("L" if grey else "RGB")), "image")
+    return _from_array(np.asarray(image.convert("L" if is_grey(image) else "RGB")), "image")
+
+
+def is_grey(image: Any) -> bool:
+    """Whether a PIL image holds one channel of levels: grey modes (1, L, LA, 16-bit, float) or a grey palette.
+
+    >>> from PIL import Image
+    >>> is_grey(Image.new("I;16", (2, 2))), is_grey(Image.new("RGB", (2, 2)))
+    (True, False)
+    """
+    return image.mode in ("1", "L", "LA", "F", *_SIXTEEN_BIT) or (image.mode == "P" and _palette_is_grey(image))
 
 
 def _palette_is_grey(image: Any) -> bool:
     palette = np.asarray(image.convert("RGB"))
     return bool((palette[..., 0] == palette[..., 1]).all() and (palette[..., 1] == palette[..., 2]).all())
+
+
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``C x H x W`` image with ``channels`` channels: grey repeated to RGB, or RGB to grey by luma (ITU-R
+    BT.601, PIL's ``convert("L")`` weights).
+
+    >>> round(match_channels(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1), 1).item(), 3)
+    0.299
+    """
+    if image.shape[0] == channels:
+        return image
+    if channels == 3:
+        return image.expand(3, -1, -1).clone()
+    return (image * image.new_tensor(LUMA).view(3, 1, 1)).sum(dim=0, keepdim=True)
 
 
 def picture_tensor(picture: Picture) -> torch.Tensor:
