@@ -40,10 +40,11 @@ class AmalgamationResult:
 
 def amalgamate(
     teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
-    student: str | Student = DEFAULT_STUDENT,
+    student: str | os.PathLike | nn.Module = DEFAULT_STUDENT,
     data: Any = "digits",
     method: str = "soft-targets",
     *,
+    student_pretrained: bool = False,
     eval_data: Any = None,
     method_options: Mapping[str, Any] | None = None,
     label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
@@ -64,7 +65,12 @@ def amalgamate(
 
     Args:
         teachers: :class:`Teacher` objects, or sources for :func:`load_teacher` (Hub ids, folders).
-        student: a timm architecture name (built over the union classes), or a ready :class:`Student`.
+        student: a timm architecture name (built over the union classes, from scratch), a pretrained timm body
+            to start from (``"hf-hub:timm/<name>[@revision]"``, a local timm folder with ``config.json`` +
+            ``model.safetensors``, or a timm ``nn.Module``: its weights, normalisation and input size are kept,
+            its classifier replaced; see :func:`amalgam.students.build_student`), or a ready :class:`Student`.
+        student_pretrained: start a student named by a timm architecture from timm's pretrained weights of it
+            (pulled from timm's Hub repo, so it needs the Hub or a cached copy).
         data: the transfer set: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, a folder of images
             (class sub-folders give labels; a flat or nested folder has none), a ``save_to_disk`` folder, a
             ``datasets.Dataset``, a list of image files, or :class:`ImageData` (see :func:`amalgam.load_data`). Its
@@ -104,6 +110,8 @@ def amalgamate(
         >>> result = amalgamate(build_demo_zoo(), data="digits", epochs=1, progress=False)  # doctest: +SKIP
         >>> result.metrics["student"]["accuracy"] > 0.1  # doctest: +SKIP
         True
+        >>> pretrained = amalgamate(build_demo_zoo(), student="hf-hub:timm/tf_efficientnet_lite0.in1k",
+        ...                         student_input_size=64, epochs=1, progress=False)  # doctest: +SKIP
     """
     started = time.perf_counter()
     config = train_config(train, train_options)
@@ -112,7 +120,8 @@ def amalgamate(
         raise CheckpointError("amalgamate(resume=True) needs run_dir: the folder of the run to continue")
     if checkpoints is not None:  # before any work: a resumed run needs a checkpoint there, a new one none
         check_checkpoint_dir(checkpoints, resume, argument="run_dir's checkpoint folder")
-    run = Pipeline.plan(teachers, student, data, method, eval_data=eval_data, method_options=method_options,
+    run = Pipeline.plan(teachers, student, data, method, student_pretrained=student_pretrained,
+                        eval_data=eval_data, method_options=method_options,
                         label_mapping=label_mapping,
                         labeled_fraction=labeled_fraction, student_input_size=student_input_size, config=config,
                         knowledge=Knowledge(cache_teachers, knowledge_cache, max_cache_gb))

@@ -40,12 +40,12 @@ def create_run_dir(recipe: Recipe) -> Path:
 
 def check_recipe(recipe: Recipe) -> None:
     """What can be checked before any teacher or data is loaded (the recipe's values were checked on parsing):
-    the method and its options, and the student architecture."""
+    the method and its options, and the student (its timm name, Hub id or folder)."""
     from amalgam.methods.registry import check_method
-    from amalgam.students.student import check_architecture
+    from amalgam.students import check_student_source
 
     check_method(recipe.method.name, recipe.method.options)
-    check_architecture(recipe.student.architecture)
+    check_student_source(recipe.student.architecture, recipe.student.pretrained)
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None):
@@ -81,6 +81,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
         return amalgamate(
             teachers,
             student=recipe.student.architecture,
+            student_pretrained=recipe.student.pretrained,
             data=data,
             eval_data=eval_data,
             method=recipe.method.name,
@@ -122,8 +123,8 @@ def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
         recipe.data = dataclasses.replace(recipe.data, **{k: v for k, v in data.items() if v is not None})
         if args.method is not None:
             recipe.method = dataclasses.replace(recipe.method, name=args.method)
-        if args.student is not None:
-            recipe.student = dataclasses.replace(recipe.student, architecture=args.student)
+        student = {"architecture": args.student, "pretrained": args.student_pretrained or None}
+        recipe.student = dataclasses.replace(recipe.student, **{k: v for k, v in student.items() if v is not None})
         train = {"epochs": args.epochs, "mixed_precision": args.mixed_precision}
         recipe.train = dataclasses.replace(recipe.train, **{k: v for k, v in train.items() if v is not None})
     except ValueError as err:
@@ -231,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "test split of --data; needed when --data has no labels, e.g. a flat folder of images)")
     run.add_argument("--method", help="a registered method (`amalgam methods` lists them)")
     run.add_argument("--labeled-fraction", type=float, metavar="F", help="the share of labels the method may use")
-    run.add_argument("--student", metavar="ARCH", help="the student's timm architecture")
+    run.add_argument("--student", metavar="ARCH", help="the student: a timm architecture (from scratch), or a "
+                     "pretrained timm body to start from: hf-hub:org/name[@rev] or a timm folder")
+    run.add_argument("--student-pretrained", action="store_true",
+                     help="start the timm architecture from timm's pretrained weights (pulled from the Hub)")
     run.add_argument("--epochs", type=int, help="override the recipe's train.epochs")
     run.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                      help="override the recipe's train.mixed_precision (fp16 needs a GPU)")

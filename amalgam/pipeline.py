@@ -42,7 +42,7 @@ from amalgam.engine.uncertainty import ensemble_report
 from amalgam.errors import DataError, MethodError, StudentError, TeacherError
 from amalgam.knowledge import DEFAULT_MAX_CACHE_GB, CachedSignals, KnowledgeCache, LiveSignals, TeacherSignals
 from amalgam.methods import LabeledSet, Method, create_method
-from amalgam.students import Student, default_input_size
+from amalgam.students import Student, build_student
 from amalgam.teachers import LabelSpace, Teacher, load_teacher
 
 logger = logging.getLogger(__name__)
@@ -142,10 +142,11 @@ class Pipeline:
     def plan(
         cls,
         teachers: Sequence[Teacher | str | os.PathLike | nn.Module],
-        student: str | Student = "test_efficientnet",
+        student: str | os.PathLike | nn.Module = "test_efficientnet",
         data: Any = "digits",
         method: str = "soft-targets",
         *,
+        student_pretrained: bool = False,
         eval_data: Any = None,
         method_options: Mapping[str, Any] | None = None,
         label_mapping: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
@@ -155,7 +156,8 @@ class Pipeline:
         knowledge: Knowledge | None = None,
     ) -> "Pipeline":
         """Load and check everything a run needs, before any training: teachers, data, label space, method
-        (options checked), student (built for the method's heads, or checked), labeled rows."""
+        (options checked), student (built for the method's heads by :func:`~amalgam.students.build_student`, from
+        scratch or pretrained weights; or a :class:`Student` given, checked), labeled rows."""
         if not teachers:
             raise TeacherError("amalgamate needs at least one teacher")
         config = config or TrainConfig()
@@ -177,12 +179,15 @@ class Pipeline:
         torch.manual_seed(config.seed)  # the initial weights of the method's parts and the student belong to the seed
         method_module = create_method(method, label_space, teachers, dict(method_options or {}))
         needs = method_module.needs()
-        if isinstance(student, str):
-            student = Student(student, class_names=label_space.class_names,
-                              input_size=student_input_size or default_input_size(data.size), channels=data.channels,
-                              heads=needs.heads, serve=needs.serve)
-        else:
+        if isinstance(student, Student):
+            if student_pretrained:
+                raise StudentError("student_pretrained=True starts a student named by architecture from timm's "
+                                   "weights; the Student given has its weights already: leave it off")
             check_student(student, label_space, method_module)
+        else:
+            student = build_student(student, label_space.class_names, pretrained=student_pretrained,
+                                    input_size=student_input_size, data_size=data.size, channels=data.channels,
+                                    heads=needs.heads, serve=needs.serve)
         visible = stratified_indices(data.train_labels, labeled_fraction, config.seed)
         if needs.labels and not visible.size:
             raise MethodError(f"method {method!r} fits part of itself on labels: give it a labeled_fraction > 0 "
@@ -199,7 +204,8 @@ class Pipeline:
                      "eval": scored.name if scored is not data else None},
             "method": {"name": method, "options": dict(method_options or {}), "paper": method_module.paper,
                        "summary": method_module.summary},
-            "student": {"architecture": student.architecture, "parameters": student.num_parameters,
+            "student": {"architecture": student.architecture, "origin": student.origin,
+                        "parameters": student.num_parameters,
                         "input": student.input_spec.to_dict(), "heads": [h.to_dict() for h in student.head_specs]},
             "train": config.to_dict(),
         }

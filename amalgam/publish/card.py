@@ -10,6 +10,7 @@ import yaml
 from amalgam.errors import PublishError
 from amalgam.publish.render import render_template
 from amalgam.publish.run import RunRecord
+from amalgam.students.pretrained import origin_text
 
 DEFAULT_LICENSE = "apache-2.0"
 CARD_TAGS = ("knowledge-amalgamation", "distillation", "image-classification", "amalgam")
@@ -71,6 +72,8 @@ def render_model_card(
         'image-classification'
         >>> 'Student.from_pretrained("org/cats-and-dogs")' in card
         True
+        >>> "Student: `test_efficientnet`, trained from scratch." in card
+        True
     """
     metadata = card_metadata(timm_layout=timm_layout, license=license)
     card = render_template(
@@ -94,7 +97,7 @@ def card_context(record: RunRecord, repo_id: str, *, timm_layout: bool, space_id
         "timm_layout": timm_layout,
         "space_id": space_id,
         "student": {"architecture": student["architecture"], "parameters": student.get("parameters"),
-                    "input": describe_input(student["input"])},
+                    "input": describe_input(student["input"]), "origin": origin_text(student.get("origin"))},
         "channels": student["input"]["channels"],
         "classes": record.class_names,
         "teachers": [

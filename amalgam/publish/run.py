@@ -47,7 +47,8 @@ class RunRecord:
         size = config["input_size"]
         spec = {"size": [size, size] if isinstance(size, int) else list(size), "channels": config["channels"],
                 "mean": list(config["mean"]), "std": list(config["std"])}
-        student = {"architecture": config["architecture"], "parameters": parameters, "input": spec}
+        student = {"architecture": config["architecture"], "origin": config.get("origin"), "parameters": parameters,
+                   "input": spec}
         return cls(Path(student_dir), dict(config), {"student": student})
 
 

@@ -58,6 +58,11 @@ class Student(
     ``class_names`` (an ensemble of heads), or the head named by ``serve`` (over some of ``class_names``: a
     multi-task student serves its main task, the union's other classes get no probability).
 
+    ``origin`` records where the body's first weights came from (``None``: random, trained from scratch); it
+    is a record only, and the student is always built from the plain ``architecture``: a student that starts
+    from pretrained weights is made by :func:`amalgam.students.build_student`, which loads them, and a saved one
+    is reloaded from its own weights, never from its origin.
+
     Saved with ``save_pretrained`` as ``config.json`` (the constructor arguments below) plus
     ``model.safetensors``; ``from_pretrained`` loads with strict key checking.
 
@@ -82,11 +87,13 @@ class Student(
         std: Sequence[float] = (0.5,),
         heads: Sequence[Head | Mapping[str, Any]] | None = None,
         serve: str | None = None,
+        origin: str | None = None,
     ) -> None:
         import timm
 
         super().__init__()
         self.architecture = check_architecture(architecture)
+        self.origin = origin
         self.class_names = [str(c) for c in class_names]
         self.input_spec = ImageSpec(size=input_size, channels=channels, mean=mean, std=std)
         self.head_specs = check_heads([Head.of(h) for h in heads]) if heads is not None else []

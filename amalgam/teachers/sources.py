@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amalgam.errors import TeacherError
-from amalgam.hub import check_repo_id
+from amalgam.hub import HUB_PREFIX, check_repo_id, download_snapshot, split_hub_id
 
-HUB_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
 # Files a teacher needs; pickled weights are deliberately absent, and a repo's Python code is fetched only for a
 # teacher loaded with trust_remote_code=True (transformers then imports it).
 TEACHER_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 REMOTE_CODE_FILES = ["*.py"]
 _REPO_ID_SHAPE = re.compile(r"^[^/\s]+/[^/\s]+$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,8 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None,
     """
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
-        repo_id, _, pinned = text[len(HUB_PREFIX):].partition("@")
-        return _download(check_repo_id(repo_id, "teacher", TeacherError), revision or pinned or None, remote_code)
+        repo_id, pinned = split_hub_id(text, "teacher", TeacherError)
+        return _download(repo_id, revision or pinned, remote_code)
     if text.startswith(LOCAL_PREFIX):
         return _local(Path(text[len(LOCAL_PREFIX):]))
     path = Path(text).expanduser()
@@ -81,27 +79,6 @@ def _local(path: Path) -> ResolvedSource:
 
 
 def _download(repo_id: str, revision: str | None, remote_code: bool = False) -> ResolvedSource:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        patterns = TEACHER_FILES + (REMOTE_CODE_FILES if remote_code else [])
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except RevisionNotFoundError:
-        raise TeacherError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
-    except RepositoryNotFoundError:
-        raise TeacherError(
-            f"Hub repo {repo_id!r} was not found (or is private: log in with `hf auth login` or set HF_TOKEN)"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise TeacherError(
-            f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and the Hub cannot "
-            "be reached (HF_HUB_OFFLINE is set or the network is down); download it once while online."
-        ) from None
-    # Snapshot folders are named by commit sha: record it so a run says exactly which weights it used.
-    commit = folder.name if _COMMIT.match(folder.name) else revision
+    patterns = TEACHER_FILES + (REMOTE_CODE_FILES if remote_code else [])
+    folder, commit = download_snapshot(repo_id, revision, patterns, "teacher", TeacherError)
     return ResolvedSource(folder=folder, repo_id=repo_id, revision=commit)
