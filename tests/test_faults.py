@@ -358,6 +358,23 @@ def test_case8_a_broken_image_file_is_named_before_anything_loads(tmp_path, bad)
         load_data(str(folder))
 
 
+def test_case8_skip_unreadable_leaves_bad_files_out_and_lists_them(tmp_path):
+    from amalgam.data import load_data
+
+    folder = _image_folder(tmp_path / "images", per_class=5)
+    broken = [folder / "a" / "broken.png", folder / "b" / "notes.jpg"]
+    broken[0].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    broken[1].write_text("not a picture")
+    with pytest.warns(UserWarning, match="2 of 12 image files cannot be read and are left out"):
+        data = load_data(str(folder), skip_unreadable=True)
+    assert sorted(data.skipped) == sorted(map(str, broken))
+    assert len(data.train) + len(data.test) == 10 and data.class_names == ["a", "b"]
+    assert all(image.shape == (3, 12, 12) for image, _ in (data.train[i] for i in range(len(data.train))))
+    with pytest.warns(UserWarning, match="1 of 3 image files"):  # a list of files, the same way
+        listed = load_data([folder / "a" / "0.png", folder / "b" / "1.png", broken[1]], skip_unreadable=True)
+    assert len(listed.train) == 2 and listed.skipped == [str(broken[1])]
+
+
 def test_case8_the_cli_names_the_file_and_leaves_no_run_folder(tmp_path, capsys):
     folder = _image_folder(tmp_path / "images")
     (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)

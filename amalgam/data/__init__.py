@@ -12,11 +12,14 @@ from amalgam.data.images import UNLABELED, ImageData, RelabeledImages, TensorIma
 from amalgam.errors import DataError
 
 
-def load_data(source: Any, image_size: int | None = None, role: str = "transfer") -> ImageData:
+def load_data(source: Any, image_size: int | None = None, role: str = "transfer",
+              skip_unreadable: bool = False) -> ImageData:
     """Load a data set: ``"digits"``, ``"fashion-mnist"``, a ``datasets`` Hub id, a folder of images (with class
     sub-folders: labeled; flat or nested otherwise: unlabeled), a folder written by ``save_to_disk``, a
     ``datasets.Dataset`` / ``DatasetDict``, or a list of image files (unlabeled). ``role="eval"`` asks for
     evaluation data: it must be labeled, and a set without a test split of its own is evaluated whole.
+    ``skip_unreadable=True`` leaves out local image files that cannot be read (listed in ``ImageData.skipped``)
+    instead of refusing the set.
 
     Example:
         >>> data = load_data("digits")
@@ -31,7 +34,7 @@ def load_data(source: Any, image_size: int | None = None, role: str = "transfer"
         return source
     if isinstance(source, (list, tuple)) or type(source).__module__.startswith("datasets."):
         return load_hf_images(list(source) if isinstance(source, tuple) else source, image_size=image_size,
-                              role=role)  # image files, or a Dataset / DatasetDict object
+                              role=role, skip_unreadable=skip_unreadable)  # image files, or datasets objects
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
@@ -40,7 +43,7 @@ def load_data(source: Any, image_size: int | None = None, role: str = "transfer"
     if source in BUILTIN:
         return BUILTIN[source]()
     if Path(source).expanduser().is_dir() or "/" in source:
-        return load_hf_images(source, image_size=image_size, role=role)
+        return load_hf_images(source, image_size=image_size, role=role, skip_unreadable=skip_unreadable)
     raise DataError(
         f"unknown data set {source!r}: use one of the built-in sets {sorted(BUILTIN)}, a `datasets` Hub id "
         "('org/name'), or a folder of images"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from amalgam.errors import DataError
@@ -73,7 +74,22 @@ def folder_layout_problem(folder: Path, files: list[Path]) -> str | None:
     return class_layout_problem(folder, files)
 
 
-def check_image_files(files: list[Path]) -> None:
-    """Every file checked with :func:`check_image_file`: a bad one is named before anything trains."""
+def check_image_files(files: list[Path], skip_unreadable: bool = False) -> list[Path]:
+    """Every file checked with :func:`check_image_file`: a bad one is named before anything trains. With
+    ``skip_unreadable``, bad files are left out instead (a warning names how many and the first few); returns the
+    readable files."""
+    readable, unreadable = [], []
     for path in files:
-        check_image_file(path)
+        try:
+            check_image_file(path)
+            readable.append(path)
+        except DataError as err:
+            if not skip_unreadable:
+                raise DataError(f"{err}. To leave unreadable files out instead (counted in the run's metrics), "
+                                "pass skip_unreadable=True (`amalgam run --skip-unreadable`)") from None
+            unreadable.append(path)
+    if unreadable:
+        shown = ", ".join(repr(str(p)) for p in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+        warnings.warn(f"{len(unreadable)} of {len(files)} image files cannot be read and are left out: {shown}",
+                      stacklevel=3)
+    return readable

@@ -88,38 +88,56 @@ def _files_dataset(files: Sequence[str | os.PathLike]) -> Any:
     """Image files as an unlabeled ``datasets`` split: their paths in Arrow, each decoded when it is read."""
     import datasets
 
-    check_image_files([Path(f) for f in files])
     return datasets.Dataset.from_dict({"image": [str(f) for f in files]}).cast_column("image", datasets.Image())
 
 
-def _open(source: Any, revision: str | None, role: str) -> tuple[Any, str]:
-    """``source`` as a ``DatasetDict`` and the name a run records for it."""
+def _without_files(loaded: Any, left_out: set[Path]) -> Any:
+    """``loaded`` (a ``DatasetDict`` of local image files) without the rows of ``left_out``."""
+    import datasets
+
+    def kept(split: Any) -> Any:
+        paths = split.cast_column("image", datasets.Image(decode=False))["image"]
+        return split.select([i for i, image in enumerate(paths) if Path(image["path"]).resolve() not in left_out])
+
+    return datasets.DatasetDict({name: kept(split) for name, split in loaded.items()})
+
+
+def _open(source: Any, revision: str | None, role: str, skip_unreadable: bool) -> tuple[Any, str, list[str]]:
+    """``source`` as a ``DatasetDict``, the name a run records for it, and the unreadable files left out."""
     import datasets
 
     if isinstance(source, datasets.Dataset):
-        return datasets.DatasetDict({"train": source}), source.info.dataset_name or "dataset"
+        return datasets.DatasetDict({"train": source}), source.info.dataset_name or "dataset", []
     if isinstance(source, datasets.DatasetDict):
-        return source, next(iter(source.values())).info.dataset_name or "dataset"
+        return source, next(iter(source.values())).info.dataset_name or "dataset", []
     if isinstance(source, (list, tuple)):
-        return datasets.DatasetDict({"train": _files_dataset(source)}), f"{len(source)} image files"
+        files = [Path(f) for f in source]
+        readable = check_image_files(files, skip_unreadable)
+        return (datasets.DatasetDict({"train": _files_dataset(readable)}), f"{len(source)} image files",
+                sorted(str(f) for f in set(files) - set(readable)))
     path = Path(source).expanduser()
     try:
         if path.is_dir() and _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))  # memory-mapped where it lies: no copy
             return (datasets.DatasetDict({"train": loaded}) if isinstance(loaded, datasets.Dataset) else loaded,
-                    str(source))
+                    str(source), [])
         if path.is_dir():  # before datasets reads it: a bad layout or file is named, not found mid-run
             files = image_files(path)
             problem = folder_layout_problem(path, files)
             if problem is not None and (role == "eval" or not files):
                 raise DataError(problem)
+            readable = check_image_files(files, skip_unreadable)
+            left_out = sorted(set(files) - set(readable))
             if problem is not None:
                 warnings.warn(f"{problem}. Its {len(files)} images are read as unlabeled transfer images.",
                               stacklevel=4)
-                return datasets.DatasetDict({"train": _files_dataset(files)}), str(source)
-            check_image_files(files)
-            return datasets.load_dataset("imagefolder", data_dir=str(path)), str(source)
-        return datasets.load_dataset(check_repo_id(source, "data set", DataError), revision=revision), str(source)
+                return datasets.DatasetDict({"train": _files_dataset(readable)}), str(source), list(map(str, left_out))
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+            if left_out:
+                loaded = _without_files(loaded, {p.resolve() for p in left_out})
+            return loaded, str(source), list(map(str, left_out))
+        return (datasets.load_dataset(check_repo_id(source, "data set", DataError), revision=revision), str(source),
+                [])
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ValueError) as err:
         if isinstance(err, DataError):
             raise
@@ -163,7 +181,7 @@ def default_size(images: Sequence[Any]) -> tuple[int, int]:
 
 
 def load_hf_images(source: Any, image_size: int | None = None, revision: str | None = None,
-                   role: str = "transfer") -> ImageData:
+                   role: str = "transfer", skip_unreadable: bool = False) -> ImageData:
     """Load a ``datasets`` Hub id, a folder written by ``save_to_disk``, a ``Dataset`` / ``DatasetDict``, a local
     image folder, or a list of image files.
 
@@ -173,8 +191,10 @@ def load_hf_images(source: Any, image_size: int | None = None, revision: str | N
     test split gets 20% of train (stratified) as its test split, or, for evaluation, is its test split whole.
     Images are converted to RGB (grey if every image of the first rows is grey) and resized to ``image_size``
     (default: :func:`default_size` of the first images: their median size, the longer side at most 512).
+    Every local image file is checked first: an unreadable one is a :class:`DataError` naming it, or, with
+    ``skip_unreadable``, left out and listed in ``ImageData.skipped``.
     """
-    loaded, name = _open(source, revision, role)
+    loaded, name, skipped = _open(source, revision, role, skip_unreadable)
     if "train" not in loaded:
         raise DataError(f"data set {name!r} has no 'train' split; its splits are {list(loaded)}")
     image_column, label_column, class_names = _columns(loaded["train"], f"data set {name!r}", role == "eval")
@@ -197,4 +217,5 @@ def load_hf_images(source: Any, image_size: int | None = None, revision: str | N
         test_labels=labels(test),
         channels=channels,
         size=size,
+        skipped=skipped,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +73,7 @@ class ImageData:
     test_labels: np.ndarray
     channels: int
     size: tuple[int, int]
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (skip_unreadable=True)
 
     @property
     def labeled(self) -> bool:
