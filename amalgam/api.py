@@ -13,6 +13,7 @@ from torch import nn
 
 from amalgam.config import TrainConfig
 from amalgam.engine.checkpoint import CheckpointError, check_checkpoint_dir
+from amalgam.engine.label_free import LABEL_FREE, label_free_rows
 from amalgam.engine.trainer import EpochCallback
 from amalgam.knowledge import DEFAULT_MAX_CACHE_GB
 from amalgam.pipeline import Knowledge, Pipeline
@@ -150,7 +151,12 @@ def train_config(train: TrainConfig | None, options: Mapping[str, Any]) -> Train
 
 
 def format_results(metrics: Mapping[str, Any]) -> str:
-    """A fixed-width table: each teacher on its own classes, the teachers together, the student."""
+    """A fixed-width table: each teacher on its own classes, the teachers together, the student; for a run
+    without labels, the student's agreement with its target and with each teacher (not accuracy)."""
+    if metrics.get("kind") == LABEL_FREE:
+        rows = [("label-free measure", "evaluated on", "agreement")]
+        rows += [(what, on, f"{value:.4f}") for what, on, value in label_free_rows(metrics)]
+        return _table(rows)
     rows = [("model", "evaluated on", "accuracy")]
     for name, result in metrics["teachers"].items():
         rows.append((f"teacher {name}", f"its own classes ({result['test_samples']} images)",
@@ -167,6 +173,10 @@ def format_results(metrics: Mapping[str, Any]) -> str:
     for name, head in student.get("heads", {}).items():
         rows.append((f"  its head {name}", f"its own classes ({head['test_samples']} images)",
                      f"{head['accuracy_on_own_classes']:.4f}"))
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

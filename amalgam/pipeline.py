@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from amalgam.config import TrainConfig
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
@@ -37,6 +37,7 @@ from amalgam.engine import (
     target_accuracy, train,
 )
 from amalgam.engine.checkpoint import RESUME_MUST_MATCH, CheckpointError
+from amalgam.engine.label_free import LABEL_FREE, label_free_report
 from amalgam.engine.trainer import EpochCallback
 from amalgam.engine.uncertainty import ensemble_report
 from amalgam.errors import DataError, MethodError, StudentError, TeacherError
@@ -48,6 +49,7 @@ from amalgam.teachers import LabelSpace, Teacher, load_teacher
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"  # what a run is (written before training), in its run folder
+LABEL_FREE_SHARE, LABEL_FREE_MAX = 0.1, 2000  # transfer images held out to measure a run without labels
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,22 @@ def warn_lost_accuracy(data: ImageData, label_space: LabelSpace, label_map: Sequ
     return found
 
 
+def label_free_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The transfer rows trained on and the rows held out to measure a run without labels: a seeded
+    :data:`LABEL_FREE_SHARE` of them, at most :data:`LABEL_FREE_MAX` (and at least one).
+
+    >>> train, check = label_free_split(100, seed=0)
+    >>> len(train), len(check), len(set(train) & set(check))
+    (90, 10, 0)
+    """
+    if count < 2:
+        raise DataError(f"a run without labels holds some transfer images out to measure the student; "
+                        f"{count} image(s) are too few")
+    held = min(LABEL_FREE_MAX, max(1, round(LABEL_FREE_SHARE * count)))
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
 def excluded_test_samples(data: ImageData, label_map: Sequence[int]) -> int:
     """The test images of classes no teacher knows (``label_map`` -1): left out of every accuracy."""
     return int(sum(1 for y in data.test_labels if label_map[int(y)] < 0))
@@ -137,6 +155,7 @@ class Pipeline:
     signals: TeacherSignals | None = None
     description: dict[str, Any] = field(default_factory=dict)  # run.json: what the run is
     excluded_test_samples: int = 0  # test images of classes no teacher knows
+    label_free: bool = False  # no labeled data: ``test`` is unlabeled transfer images held out of training
 
     @classmethod
     def plan(
@@ -164,18 +183,22 @@ class Pipeline:
         teachers = [t if isinstance(t, Teacher) else load_teacher(t) for t in teachers]
         data = load_data(data)
         scored = load_data(eval_data, role="eval") if eval_data is not None else data  # what the test split is of
-        if not scored.labeled:
-            raise DataError(
-                f"the transfer data {data.name!r} has no labels, so it cannot measure the student: give labeled "
-                "evaluation data as well (eval_data=..., `amalgam run --eval-data ...`, [data] eval = ...)"
-            )
         if labeled_fraction and not data.labeled:
             raise DataError(f"labeled_fraction={labeled_fraction} asks for labels of the transfer data "
                             f"{data.name!r}, which has none: leave it at 0, or use labeled transfer data")
         label_space = LabelSpace.union([t.class_names for t in teachers], label_mapping)
-        label_map = data_label_map(scored, label_space)
-        warn_lost_accuracy(scored, label_space, label_map, teachers)
-        transfer_map = label_map if scored is data else label_space.map_classes(data.class_names)
+        label_free = not scored.labeled
+        transfer_rows, check_rows = label_free_split(len(data.train), config.seed) if label_free else (None, None)
+        if label_free:
+            warnings.warn(
+                f"no labeled data: the run is measured label-free on {len(check_rows)} transfer images held out of "
+                f"training (agreement with the teachers, not accuracy). For accuracy, give labeled evaluation data "
+                "(eval_data=..., `amalgam run --eval-data ...`, [data] eval = ...)", stacklevel=2)
+            label_map = transfer_map = []
+        else:
+            label_map = data_label_map(scored, label_space)
+            warn_lost_accuracy(scored, label_space, label_map, teachers)
+            transfer_map = label_map if scored is data else label_space.map_classes(data.class_names)
         torch.manual_seed(config.seed)  # the initial weights of the method's parts and the student belong to the seed
         method_module = create_method(method, label_space, teachers, dict(method_options or {}))
         needs = method_module.needs()
@@ -192,8 +215,12 @@ class Pipeline:
         if needs.labels and not visible.size:
             raise MethodError(f"method {method!r} fits part of itself on labels: give it a labeled_fraction > 0 "
                               "(for example 0.02)")
-        transfer = RelabeledImages(data.train, transfer_map, visible=visible)
-        test = RelabeledImages(scored.test, label_map)
+        if label_free:
+            transfer = RelabeledImages(Subset(data.train, transfer_rows), transfer_map)
+            test = RelabeledImages(Subset(data.train, check_rows), label_map)
+        else:
+            transfer = RelabeledImages(data.train, transfer_map, visible=visible)
+            test = RelabeledImages(scored.test, label_map)
         description = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "teachers": [t.describe() for t in teachers],
@@ -201,7 +228,9 @@ class Pipeline:
                             "mapping": label_mapping},
             "data": {"name": data.name, "transfer_samples": len(transfer), "labeled_samples": int(visible.size),
                      "labeled_fraction": labeled_fraction, "test_samples": len(test),
-                     "eval": scored.name if scored is not data else None},
+                     "eval": scored.name if scored is not data else None,
+                     "measured": LABEL_FREE if label_free else "labeled",
+                     "skipped_images": len(data.skipped) + (len(scored.skipped) if scored is not data else 0)},
             "method": {"name": method, "options": dict(method_options or {}), "paper": method_module.paper,
                        "summary": method_module.summary},
             "student": {"architecture": student.architecture, "origin": student.origin,
@@ -211,7 +240,8 @@ class Pipeline:
         }
         return cls(teachers, label_space, method_module, student, transfer, test, visible, config,
                    knowledge or Knowledge(), data.name, description=description,
-                   excluded_test_samples=excluded_test_samples(scored, label_map))
+                   excluded_test_samples=0 if label_free else excluded_test_samples(scored, label_map),
+                   label_free=label_free)
 
     def teacher_signals(self, progress: bool = True) -> TeacherSignals | None:
         """The teachers' outputs as the method needs them: ``None`` when it reads none (or runs the teachers
@@ -264,7 +294,8 @@ class Pipeline:
         return train(
             self.student, self.method, signals, self.transfer, self.config,
             labeled=labeled, transfer_logits=getattr(signals, "logits", None),
-            evaluate=(lambda model: accuracy(model, self.test)) if test_each_epoch else None, progress=progress,
+            evaluate=(lambda model: accuracy(model, self.test)) if test_each_epoch and not self.label_free else None,
+            progress=progress,
             on_epoch=on_epoch, should_stop=should_stop, checkpoint_dir=checkpoint_dir, resume=resume,
         )
 
@@ -272,6 +303,12 @@ class Pipeline:
         """The run's metrics on the test split: the student (accuracy, calibration, per head, per class,
         confusion), the teachers, the method's combined target, and the training history."""
         student, test = self.student, self.test
+        if self.label_free:
+            report = label_free_report(student, self.method.to(self.teachers[0].device).eval(), self.teachers,
+                                       self.label_space, test)
+            report["student"] = {"architecture": student.architecture, "parameters": student.num_parameters,
+                                 **report["student"]}
+            return {**report, **self._run_facts(history)}
         members, targets = member_probabilities(student, test)  # heads x samples x classes
         predictions = members.mean(dim=0).argmax(dim=-1)
         calibration = ensemble_report(members, targets)
@@ -288,13 +325,15 @@ class Pipeline:
             **evaluate_teachers(self.teachers, self.label_space, test),
             "method_target": {"accuracy": target_accuracy(self.method.to(self.teachers[0].device).eval(),
                                                           self.teachers, test)},
+            "kind": "labeled",
             "test_samples": int(targets.numel()),
             "excluded_test_samples": self.excluded_test_samples,
-            "method": self.method.name,
-            "data": self.data_name,
-            "labeled_samples": int(self.visible.size),
-            "history": history,
+            **self._run_facts(history),
         }
+
+    def _run_facts(self, history: list[dict]) -> dict[str, Any]:
+        return {"method": self.method.name, "data": self.data_name, "labeled_samples": int(self.visible.size),
+                "skipped_images": self.description.get("data", {}).get("skipped_images", 0), "history": history}
 
     def check_resumes(self, run_dir: str | os.PathLike) -> None:
         """Refuse to resume the run recorded in ``run_dir/run.json`` with anything that shapes the result

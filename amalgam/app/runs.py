@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from amalgam.api import DEFAULT_STUDENT, amalgamate
 from amalgam.app.teachers import TeacherCatalog
+from amalgam.engine.label_free import student_score
 from amalgam.errors import AmalgamError, DataError, RunCancelled, TeacherError
 from amalgam.methods.registry import check_method
 from amalgam.students.student import check_architecture
@@ -96,7 +97,8 @@ class RunState:
                 step += f" · test accuracy {last['test_accuracy']:.4f}"
             return f"running: {step}"
         if self.status == FINISHED and self.metrics is not None:
-            return f"finished: student accuracy {self.metrics['student']['accuracy']:.4f}"
+            measure, value = student_score(self.metrics)
+            return f"finished: student {measure} {value:.4f}"
         return f"{self.status}: {self.message}"
 
 
@@ -252,7 +254,7 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
                 method=description["method"]["name"],
                 data=str(description["data"]["name"]),
                 teachers=tuple(t["name"] for t in description["teachers"]),
-                accuracy=float(metrics["student"]["accuracy"]) if metrics else None,
+                accuracy=student_score(metrics)[1] if metrics else None,
             ))
         except (AmalgamError, ValueError, KeyError, TypeError) as err:
             logger.warning("skipping %s: %s", run_json.parent, err)  # one damaged folder must not hide the others

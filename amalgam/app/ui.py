@@ -25,6 +25,7 @@ from amalgam.app.views import (
     confusion_figure, curves_frame, method_markdown, method_options_json, parse_method_options,
     per_class_frame, progress_html, results_markdown,
 )
+from amalgam.engine.label_free import student_score
 from amalgam.errors import AmalgamError
 from amalgam.methods import available_methods
 
@@ -158,13 +159,15 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
             note = f"Run **{run_id}** is unfinished (cancelled, failed or interrupted): it has no student."
             return ("", note, *blank, note, note)
         curves = curves_frame(metrics.get("history", []))
-        accuracy = metrics["student"]["accuracy"]
-        chosen = f"Run **{run_id}** · student `{metrics['student']['architecture']}` · accuracy {accuracy:.4f}"
+        measure, score = student_score(metrics)
+        chosen = f"Run **{run_id}** · student `{metrics['student']['architecture']}` · {measure} {score:.4f}"
+        labeled = "confusion" in metrics["student"]  # a run measured without labels has no per-class view
         return (
-            progress_html(1.0, f"finished · student accuracy {accuracy:.4f}"),
-            f"Run **{run_id}**: finished, student accuracy **{accuracy:.4f}**.",
-            curves, curves, results_markdown(description, metrics), per_class_frame(description, metrics),
-            confusion_figure(metrics, description["label_space"]["classes"]),
+            progress_html(1.0, f"finished · student {measure} {score:.4f}"),
+            f"Run **{run_id}**: finished, student {measure} **{score:.4f}**.",
+            curves, curves, results_markdown(description, metrics),
+            per_class_frame(description, metrics) if labeled else blank[3],
+            confusion_figure(metrics, description["label_space"]["classes"]) if labeled else None,
             chosen, chosen,
         )
 

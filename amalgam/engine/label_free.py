@@ -16,7 +16,7 @@ learned its target, and which teacher's knowledge the data exercises.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -100,3 +100,35 @@ def label_free_report(student: nn.Module, method: Method, teachers: Sequence[Any
             for k, teacher in enumerate(teachers)
         },
     }
+
+
+def label_free_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """``(what, on which images, agreement)`` rows of a label-free run's metrics, for the printed table and the
+    model card.
+
+    >>> metrics = {"check_samples": 10, "target": "method", "student": {"architecture": "s",
+    ...            "agreement_with_target": 0.9}, "teachers": {"t": {"trusted_share": 0.5, "student_agreement": 0.8,
+    ...            "trusted_samples": 5}}}
+    >>> label_free_rows(metrics)[1]
+    ('student vs teacher t', 'the 5 images it is trusted for (50% of them)', 0.8)
+    """
+    target = "the method's combined target" if metrics["target"] == "method" else "the teachers' mean"
+    rows = [(f"student {metrics['student']['architecture']} vs {target}",
+             f"{metrics['check_samples']} held-out unlabeled transfer images", metrics["student"]["agreement_with_target"])]
+    rows += [(f"student vs teacher {name}", f"the {t['trusted_samples']} images it is trusted for "
+              f"({t['trusted_share']:.0%} of them)", t["student_agreement"]) for name, t in metrics["teachers"].items()]
+    return rows
+
+
+def student_score(metrics: Mapping[str, Any]) -> tuple[str, float]:
+    """The number a finished run is summed up by, with its name: the student's accuracy, or, for a run measured
+    without labels, its agreement with its target.
+
+    >>> student_score({"kind": "labeled", "student": {"accuracy": 0.91}})
+    ('accuracy', 0.91)
+    >>> student_score({"kind": "label-free", "student": {"agreement_with_target": 0.88}})
+    ('agreement with its target (no labels)', 0.88)
+    """
+    if metrics.get("kind") == LABEL_FREE:
+        return "agreement with its target (no labels)", float(metrics["student"]["agreement_with_target"])
+    return "accuracy", float(metrics["student"]["accuracy"])

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from amalgam.engine.label_free import LABEL_FREE, label_free_rows
 from amalgam.errors import PublishError
 from amalgam.publish.render import render_template
 from amalgam.publish.run import RunRecord
@@ -114,6 +115,7 @@ def card_context(record: RunRecord, repo_id: str, *, timm_layout: bool, space_id
         if "data" in run else None,
         "train": run.get("train"),
         "results": results_rows(record.metrics) if record.metrics else [],
+        "measure": "agreement" if (record.metrics or {}).get("kind") == LABEL_FREE else "accuracy",
         "per_class": (record.metrics or {}).get("student", {}).get("per_class", {}),
         "created": run.get("created"),
     }
@@ -124,13 +126,20 @@ def describe_input(spec: Mapping[str, Any]) -> str:
 
     >>> describe_input({"size": [16, 16], "channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
     'RGB 16x16, mean 0.5, std 0.5'
+    >>> describe_input({"size": [224, 224], "channels": 3, "mean": [0.5], "std": [0.5], "resize": "short-side",
+    ...                 "resize_size": [256, 256], "interpolation": "bicubic"})
+    'RGB 224x224, mean 0.5, std 0.5 (resized to 256x256 keeping its aspect, then centre-cropped; bicubic)'
     """
     def values(v: list[float]) -> str:
         return f"{v[0]:g}" if len(set(v)) == 1 else "(" + ", ".join(f"{x:g}" for x in v) + ")"
 
     colour = "grey" if spec["channels"] == 1 else "RGB"
     height, width = spec["size"]
-    return f"{colour} {height}x{width}, mean {values(spec['mean'])}, std {values(spec['std'])}"
+    text = f"{colour} {height}x{width}, mean {values(spec['mean'])}, std {values(spec['std'])}"
+    if spec.get("resize") in ("short-side", "cover", "fit"):  # its own eval transform, as its library gives it
+        before = "x".join(map(str, spec.get("resize_size") or spec["size"]))
+        text += f" (resized to {before} keeping its aspect, then centre-cropped; {spec.get('interpolation', 'bilinear')})"
+    return text
 
 
 def teacher_origin(teacher: Mapping[str, Any]) -> str:
@@ -160,7 +169,10 @@ def method_info(method: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def results_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Student, each teacher on its own classes, the teachers together, and the oracle, as in ``amalgam run``."""
+    """Student, each teacher on its own classes, the teachers together, and the oracle, as in ``amalgam run``;
+    for a run without labels, its label-free agreements."""
+    if metrics.get("kind") == LABEL_FREE:
+        return [{"model": what, "evaluated_on": on, "accuracy": value} for what, on, value in label_free_rows(metrics)]
     union = f"all union classes ({metrics['test_samples']} images)"
     student = metrics["student"]
     rows = [{"model": f"**student** `{student['architecture']}`", "evaluated_on": union,
