@@ -61,8 +61,9 @@ def run_recipe(recipe: Recipe, progress: bool = True, resume: Path | None = None
     from amalgam.zoo import build_demo_zoo
 
     check_recipe(recipe)
-    data = load_data(recipe.data.name, image_size=recipe.data.image_size)
-    eval_data = load_data(recipe.data.eval, role="eval") if recipe.data.eval is not None else None
+    skip = recipe.data.skip_unreadable
+    data = load_data(recipe.data.name, image_size=recipe.data.image_size, skip_unreadable=skip)
+    eval_data = load_data(recipe.data.eval, role="eval", skip_unreadable=skip) if recipe.data.eval is not None else None
     if recipe.teachers:
         teachers = [
             load_teacher(t.source, revision=t.revision, class_names=t.class_names, name=t.name,
@@ -119,7 +120,8 @@ def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
     try:  # replace() runs each section's checks again
         if args.teacher:
             recipe.teachers = [TeacherEntry(source) for source in args.teacher]
-        data = {"name": args.data, "labeled_fraction": args.labeled_fraction, "eval": args.eval_data}
+        data = {"name": args.data, "labeled_fraction": args.labeled_fraction, "eval": args.eval_data,
+                "skip_unreadable": args.skip_unreadable or None}
         recipe.data = dataclasses.replace(recipe.data, **{k: v for k, v in data.items() if v is not None})
         if args.method is not None:
             recipe.method = dataclasses.replace(recipe.method, name=args.method)
@@ -229,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a teacher (Hub id or folder), repeated for each; replaces the recipe's teachers")
     run.add_argument("--data", help="digits | fashion-mnist | a datasets id | an image folder")
     run.add_argument("--eval-data", metavar="DATA", help="labeled data to measure the student on (default: the "
-                     "test split of --data; needed when --data has no labels, e.g. a flat folder of images)")
+                     "test split of --data; without labels anywhere the run is measured label-free)")
+    run.add_argument("--skip-unreadable", action="store_true", help="leave out image files that cannot be read "
+                     "(counted in the metrics' skipped_images) instead of stopping")
     run.add_argument("--method", help="a registered method (`amalgam methods` lists them)")
     run.add_argument("--labeled-fraction", type=float, metavar="F", help="the share of labels the method may use")
     run.add_argument("--student", metavar="ARCH", help="the student: a timm architecture (from scratch), or a "

@@ -10,6 +10,7 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     name = "digits"                 # digits | fashion-mnist | a datasets id | an image folder (labeled or not)
     eval = "./eval-images"          # optional: labeled data to measure on (default: the test split of name)
     labeled_fraction = 0.0
+    skip_unreadable = false         # true: leave unreadable image files out (counted) instead of stopping
     [student]
     architecture = "test_efficientnet"  # a timm name, "hf-hub:timm/<name>" or a timm folder (pretrained weights)
     pretrained = false              # for a timm name: start from timm's pretrained weights of it
@@ -63,6 +64,7 @@ class DataSection:
     labeled_fraction: float = 0.0
     image_size: int | None = None
     eval: str | None = None  # labeled data that measures the student (default: the test split of name)
+    skip_unreadable: bool = False  # leave unreadable image files out (counted in metrics) instead of stopping
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -375,6 +375,19 @@ def test_case8_skip_unreadable_leaves_bad_files_out_and_lists_them(tmp_path):
     assert len(listed.train) == 2 and listed.skipped == [str(broken[1])]
 
 
+def test_case8_the_cli_can_skip_unreadable_files_and_count_them(tmp_path, demo_zoo):
+    folder = _image_folder(tmp_path / "images", classes=[str(d) for d in range(10)], per_class=4)
+    (folder / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    flags = ["run", "--data", str(folder), "--epochs", "1", "--out", str(tmp_path / "runs"), "--quiet",
+             *[arg for path in demo_zoo for arg in ("--teacher", str(path))]]
+    assert main(flags) == 2  # refused by default, and the message says how to skip
+    with pytest.warns(UserWarning, match="1 of 41 image files cannot be read"):
+        assert main([*flags, "--skip-unreadable"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 1 and metrics["test_samples"] + metrics["labeled_samples"] <= 40
+
+
 def test_case8_the_cli_names_the_file_and_leaves_no_run_folder(tmp_path, capsys):
     folder = _image_folder(tmp_path / "images")
     (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
