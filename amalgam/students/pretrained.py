@@ -152,7 +152,7 @@ def build_student(
     """
     body = pretrained_body(student, pretrained)
     if body is None:
-        return Student(check_architecture(os.fspath(student)), class_names,
+        return Student(os.fspath(student), class_names,
                        input_size=input_size or default_input_size(data_size), channels=channels, heads=heads,
                        serve=serve)
     spec = body.input_spec
