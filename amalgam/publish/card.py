@@ -178,7 +178,8 @@ def results_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = [{"model": f"**student** `{student['architecture']}`", "evaluated_on": union,
              "accuracy": student["accuracy"]}]
     rows += [{"model": f"teacher `{name}`", "evaluated_on": f"its own classes ({t['test_samples']} images)",
-              "accuracy": t["accuracy_on_own_classes"]} for name, t in metrics["teachers"].items()]
+              "accuracy": t["accuracy_on_own_classes"]} for name, t in metrics["teachers"].items()
+             if t["test_samples"]]  # a teacher none of whose classes occur in the test data has no accuracy
     rows.append({"model": "teachers together (mean of their probabilities)", "evaluated_on": union,
                  "accuracy": metrics["ensemble"]["accuracy"]})
     if "concatenated" in metrics:
