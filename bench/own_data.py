@@ -7,9 +7,11 @@ use the fashion-mnist demo's teachers, soft-targets with no labels, 3 epochs, se
 
     amalgam run --teacher CNN --teacher VIT --data fashion-mnist --method soft-targets --epochs 3
     amalgam run --teacher CNN --teacher VIT --data FLAT_FOLDER --eval-data EVAL_FOLDER --method soft-targets ...
+    amalgam run --teacher CNN --teacher VIT --data FLAT_FOLDER --method soft-targets ...   # label-free
 
 Then the same student's accuracy on both is compared (the built-in run's images are the same pictures at 28 px,
-so the difference is what resizing and PNG round trips cost). Writes ``bench/results/own-data.md`` and ``.json``.
+so the difference is what resizing and PNG round trips cost), and the label-free metrics of the third run, which
+has no labeled data at all. Writes ``bench/results/own-data.md`` and ``.json``.
 
     python -m bench.own_data [--samples 60000] [--epochs 3]
 """
@@ -50,13 +52,13 @@ def write_pngs(root: Path, samples: int) -> tuple[Path, Path]:
 
 
 def run(argv: list[str], out: Path) -> dict:
+    """One ``amalgam run``: its metrics.json, with the transfer size and the wall time."""
     started = time.perf_counter()
     assert amalgam_cli(["run", *argv, "--out", str(out), "--quiet"]) == 0
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"student": metrics["student"]["accuracy"], "method_target": metrics["method_target"]["accuracy"],
-            "test_samples": metrics["test_samples"], "transfer_samples": json.loads(
-                (run_dir / "run.json").read_text())["data"]["transfer_samples"],
+    metrics.pop("history", None)
+    return {**metrics, "transfer_samples": json.loads((run_dir / "run.json").read_text())["data"]["transfer_samples"],
             "seconds": time.perf_counter() - started}
 
 
@@ -75,10 +77,11 @@ def main() -> None:
         written = time.perf_counter() - started
         builtin = run([*common, "--data", "fashion-mnist"], root / "builtin")
         own = run([*common, "--data", str(flat), "--eval-data", str(labeled)], root / "own")
+        label_free = run([*common, "--data", str(flat)], root / "label-free")
     rows = {"built-in fashion-mnist": builtin, "flat unlabeled PNGs + eval folder": own}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "own-data.json").write_text(json.dumps({"rows": rows, "png_seconds": written,
-                                                        "samples": args.samples}, indent=2))
+    (RESULTS / "own-data.json").write_text(json.dumps({"rows": rows, "label_free": label_free,
+                                                        "png_seconds": written, "samples": args.samples}, indent=2))
     lines = ["# Own data: a flat folder of unlabeled PNGs, through the CLI", "",
              f"Teachers: the fashion-mnist demo's; soft-targets, no labels, {args.epochs} epochs, seed 0, the "
              "default budget otherwise. The flat folder holds Fashion-MNIST's train images as PNGs at mixed "
@@ -90,9 +93,22 @@ def main() -> None:
              "| transfer data | transfer images | test images | student accuracy | soft-targets' target | wall time (s) |",
              "|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['transfer_samples']} | {row['test_samples']} | {row['student']:.4f} | "
-                     f"{row['method_target']:.4f} | {row['seconds']:.0f} |")
-    lines += ["", f"Student accuracy, own data / built-in: {own['student'] / builtin['student']:.3f}."]
+        lines.append(f"| {name} | {row['transfer_samples']} | {row['test_samples']} | "
+                     f"{row['student']['accuracy']:.4f} | {row['method_target']['accuracy']:.4f} | "
+                     f"{row['seconds']:.0f} |")
+    lines += ["", f"Student accuracy, own data / built-in: "
+              f"{own['student']['accuracy'] / builtin['student']['accuracy']:.3f}.", "",
+              "## The same flat folder without any labeled data: label-free metrics", "",
+              f"`amalgam run` without `--eval-data`: {label_free['transfer_samples']} images trained on, "
+              f"{label_free['check_samples']} held out and measured without labels ({label_free['seconds']:.0f} s). "
+              "Agreement, not accuracy: the share of held-out images where the student names the class its target "
+              "(or the teacher) names.", "",
+              "| measure | images | value |", "|---|---|---|",
+              f"| student vs soft-targets' combined target | {label_free['check_samples']} | "
+              f"{label_free['student']['agreement_with_target']:.4f} |"]
+    for name, teacher in label_free["teachers"].items():
+        lines.append(f"| student vs teacher {name}, where it is trusted ({teacher['trusted_share']:.1%} of the "
+                     f"images) | {teacher['trusted_samples']} | {teacher['student_agreement']:.4f} |")
     (RESULTS / "own-data.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

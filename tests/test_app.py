@@ -38,8 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DIGITS = [str(d) for d in range(10)]
 TOKEN = "hf_appTestToken0123456789abcdef"
 # start_run's inputs after the chosen teachers (kept in the session): data kind, Hub id or folder, zip, method,
-# method options, labeled fraction, epochs, learning rate, student.
-DIGITS_RUN = ("digits", "", None, "soft-targets", '{"temperature": 4.0}', 0.0, 2, 0.01, "test_efficientnet")
+# method options, labeled fraction, epochs, learning rate, student, evaluation data.
+DIGITS_RUN = ("digits", "", None, "soft-targets", '{"temperature": 4.0}', 0.0, 2, 0.01, "test_efficientnet", "digits")
 
 
 def free_port() -> int:
@@ -94,6 +94,8 @@ def test_a_run_is_watched_to_its_end_and_its_results_shown(finished_run, runs_di
     metrics = json.loads((runs_dir / finished_run["run_id"] / "metrics.json").read_text())
     accuracy = metrics["student"]["accuracy"]
     assert accuracy > 0.5  # chance is 0.1
+    run = json.loads((runs_dir / finished_run["run_id"] / "run.json").read_text())
+    assert run["data"]["eval"] == "digits" and metrics["test_samples"] == 360  # the evaluation data field
     assert f"finished, student accuracy **{accuracy:.4f}**" in finished_run["status"]
     assert 'aria-valuenow="100"' in finished_run["progress"]
     assert any("running" in update[1] for update in finished_run["updates"][:-1])  # it was watched live

@@ -17,7 +17,7 @@ from amalgam.app.teachers import TeacherCatalog
 from amalgam.engine.label_free import student_score
 from amalgam.errors import AmalgamError, DataError, RunCancelled, TeacherError
 from amalgam.methods.registry import check_method
-from amalgam.students.student import check_architecture
+from amalgam.students import check_student_source
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,14 @@ class RunRequest:
     epochs: int = 5
     lr: float = 3e-3
     student: str = DEFAULT_STUDENT
+    eval_data: str | None = None  # labeled data to measure on (default: the data's test split; none: label-free)
 
     def check(self) -> None:
         """Refuse what would fail only later, in the background: no teachers, bad options, budget out of range."""
         if not self.teachers:
             raise TeacherError("add at least one teacher before starting a run")
         check_method(self.method, dict(self.method_options))
-        check_architecture(self.student)
+        check_student_source(self.student)
         if not 0.0 <= self.labeled_fraction <= 1.0:
             raise DataError(f"the labeled fraction must be within [0, 1], got {self.labeled_fraction}")
         if int(self.epochs) != self.epochs or self.epochs < 1:
@@ -180,6 +181,7 @@ class RunManager:
             result = amalgamate(
                 teachers, student=request.student, data=request.data, method=request.method,
                 method_options=dict(request.method_options), labeled_fraction=request.labeled_fraction,
+                eval_data=request.eval_data,
                 epochs=int(request.epochs), lr=request.lr, run_dir=state.run_dir, progress=False,
                 on_epoch=state.history.append, should_stop=state.cancel_requested.is_set,
             )

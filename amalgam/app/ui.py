@@ -128,16 +128,21 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
 
     # ---- runs
     def start_run(sources: list[str], kind: str, text: str, upload: str | None, method: str, options: str,
-                  labeled_fraction: float, epochs: float, lr: float, student: str) -> tuple:
+                  labeled_fraction: float, epochs: float, lr: float, student: str, eval_text: str = "") -> tuple:
         try:
             for chosen in sources:
                 paths.check(chosen, "teacher")
             if kind == HUB_OR_FOLDER:
                 paths.check(text or "", "data")
+            paths.check((student or "").strip(), "student")  # a pretrained student may be a server folder too
+            eval_data = (eval_text or "").strip() or None
+            if eval_data is not None:
+                paths.check(eval_data, "evaluation data")
             request = RunRequest(
                 teachers=tuple(sources), data="", method=method,
                 method_options=parse_method_options(options), labeled_fraction=float(labeled_fraction),
                 epochs=int(epochs), lr=float(lr), student=(student or "").strip() or DEFAULT_STUDENT,
+                eval_data=eval_data,
             )
             request.check()  # everything else first: an upload is unpacked only for a request that can run
             state = manager.submit(dataclasses.replace(request, data=data_source(kind, text, upload, uploads)))
@@ -268,6 +273,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                         data_text = gr.Textbox(label="datasets Hub id or image folder", visible=False)
                         data_zip = gr.File(label="zip of an image folder (one sub-folder per class)",
                                            file_types=[".zip"], type="filepath", visible=False)
+                        eval_text = gr.Textbox(label="evaluation data (optional: labeled Hub id, folder, digits or "
+                                               "fashion-mnist; none and unlabeled data: measured label-free)")
                         method = gr.Dropdown(methods, value="soft-targets", label="method")
                         method_info = gr.Markdown(method_markdown("soft-targets"))
                         options = gr.Code(method_options_json("soft-targets"), language="json", interactive=True,
@@ -277,7 +284,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                             epochs = gr.Number(5, precision=0, minimum=1, label="epochs")
                         with gr.Row():
                             lr = gr.Number(3e-3, label="learning rate")
-                            student = gr.Textbox(DEFAULT_STUDENT, label="student (timm architecture)")
+                            student = gr.Textbox(DEFAULT_STUDENT, label="student (timm name, hf-hub:timm/<name> or folder)")
                         start = gr.Button("Start the run", variant="primary")
                         start_message = gr.Markdown()
             with gr.Tab("2 · Run", id="run"):
@@ -333,7 +340,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         method.change(choose_method, [method], [method_info, options], api_name="describe_method")
 
         start.click(start_run, [sources, data_kind, data_text, data_zip, method, options, labeled, epochs, lr,
-                                student], [run_picker, tabs, start_message], api_name="start_run")
+                                student, eval_text], [run_picker, tabs, start_message], api_name="start_run")
         view = [progress, status, loss_plot, accuracy_plot, results, per_class, confusion, try_run, publish_run]
         # Watching is a generator that polls the run; several pages may watch at once, hence no concurrency limit.
         watched = run_picker.change(watch_run, [run_picker], view, api_name="watch_run", trigger_mode="multiple",
