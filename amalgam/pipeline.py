@@ -370,6 +370,10 @@ def _result_shaping(description: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a ``run.json`` that change what a run computes (not when it was created, nor the cosmetic
     parts: the method's citation, where checkpoints go, the device); JSON-normalised, as it is stored."""
     shaping = {key: description.get(key) for key in ("teachers", "label_space", "data", "student")}
+    # what follows from the data named (how it is measured, files skipped) is not compared on its own, and a
+    # run.json written before these keys existed (or before students had an origin) still resumes
+    shaping["data"] = {k: v for k, v in (shaping["data"] or {}).items() if k not in ("measured", "skipped_images")}
+    shaping["student"] = {"origin": None, **(shaping["student"] or {})}
     shaping["method"] = {k: description.get("method", {}).get(k) for k in ("name", "options")}
     shaping["train"] = {k: description.get("train", {}).get(k) for k in RESUME_MUST_MATCH}
     return json.loads(json.dumps(shaping))

@@ -76,6 +76,20 @@ def test_case2_resume_of_the_same_run_is_accepted(finished_run):
     assert result.metrics["student"]["accuracy"] == pytest.approx(before)
 
 
+def test_case2_a_run_recorded_before_the_newer_run_json_keys_still_resumes(finished_run, tmp_path):
+    teachers, run_dir = finished_run
+    older = tmp_path / "older-run"
+    shutil.copytree(run_dir, older)
+    description = json.loads((older / "run.json").read_text())
+    for key in ("measured", "skipped_images"):
+        description["data"].pop(key)
+    description["student"].pop("origin")
+    (older / "run.json").write_text(json.dumps(description))
+    result = amalgam.amalgamate(teachers, data="digits", epochs=1, batch_size=256, run_dir=older, progress=False,
+                                knowledge_cache=False, resume=True)
+    assert result.metrics["kind"] == "labeled"
+
+
 # ---- 3. bad recipe values -----------------------------------------------------------------------------------------
 
 MISSING_TEACHER = '[[teachers]]\nsource = "/nowhere/teacher"\n'  # loading it would be an error of its own
