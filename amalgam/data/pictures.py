@@ -57,17 +57,19 @@ def _palette_is_grey(image: Any) -> bool:
 
 
 def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """A ``C x H x W`` image with ``channels`` channels: grey repeated to RGB, or RGB to grey by luma (ITU-R
-    BT.601, PIL's ``convert("L")`` weights).
+    """An image (``C x H x W``) or batch (``B x C x H x W``) with ``channels`` channels: grey repeated to RGB, or
+    RGB to grey by luma (ITU-R BT.601, PIL's ``convert("L")`` weights).
 
     >>> round(match_channels(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1), 1).item(), 3)
     0.299
+    >>> match_channels(torch.rand(2, 1, 4, 4), 3).shape
+    torch.Size([2, 3, 4, 4])
     """
-    if image.shape[0] == channels:
+    if image.shape[-3] == channels:
         return image
     if channels == 3:
-        return image.expand(3, -1, -1).clone()
-    return (image * image.new_tensor(LUMA).view(3, 1, 1)).sum(dim=0, keepdim=True)
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:])
+    return (image * image.new_tensor(LUMA).view(3, 1, 1)).sum(dim=-3, keepdim=True)
 
 
 def picture_tensor(picture: Picture) -> torch.Tensor:

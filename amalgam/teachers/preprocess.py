@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from amalgam.data.pictures import LUMA
+from amalgam.data.pictures import match_channels
 
 TIMM_DEFAULT_CROP_PCT = 0.875  # what timm's resolve_data_config uses when a model's config names none
 TIMM_DEFAULT_INTERPOLATION = "bicubic"
@@ -142,14 +142,7 @@ class ImageSpec:
             raise ValueError(
                 f"expected a raw image batch of shape B x 1|3 x H x W in [0, 1], got {tuple(images.shape)}"
             )
-        images = images.float()
-        if images.shape[1] != self.channels:
-            if self.channels == 3:
-                images = images.expand(-1, 3, -1, -1)
-            else:
-                luma = images.new_tensor(LUMA).view(1, 3, 1, 1)
-                images = (images * luma).sum(dim=1, keepdim=True)
-        images = self._centre_crop(self._resize(images))
+        images = self._centre_crop(self._resize(match_channels(images.float(), self.channels)))
         mean = images.new_tensor(self.mean).view(1, -1, 1, 1)
         std = images.new_tensor(self.std).view(1, -1, 1, 1)
         if self.pixel_scale != 1.0:
