@@ -127,7 +127,8 @@ def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
             recipe.method = dataclasses.replace(recipe.method, name=args.method)
         student = {"architecture": args.student, "pretrained": args.student_pretrained or None}
         recipe.student = dataclasses.replace(recipe.student, **{k: v for k, v in student.items() if v is not None})
-        train = {"epochs": args.epochs, "mixed_precision": args.mixed_precision}
+        train = {"epochs": args.epochs, "mixed_precision": args.mixed_precision, "augment": args.augment,
+                 "augment_views": args.augment_views, "num_workers": args.num_workers}
         recipe.train = dataclasses.replace(recipe.train, **{k: v for k, v in train.items() if v is not None})
     except ValueError as err:
         raise RecipeError(f"command line: {err}") from None
@@ -243,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="override the recipe's train.epochs")
     run.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                      help="override the recipe's train.mixed_precision (fp16 needs a GPU)")
+    run.add_argument("--augment", metavar="NAMES", help="consistent augmentation, comma-separated: crop, flip, "
+                     "mixup, cutmix (student and teachers see the same view)")
+    run.add_argument("--augment-views", type=int, metavar="K", help="views per image with --augment (default 4; "
+                     "the knowledge cache stores all K)")
+    run.add_argument("--num-workers", type=int, metavar="N",
+                     help="DataLoader worker processes (default: from the CPU count; 0 for in-memory data)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--out", help="override the recipe's output.dir (default: runs)")
     where.add_argument("--resume", metavar="RUN_DIR",

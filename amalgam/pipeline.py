@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, Subset
 
 from amalgam.config import TrainConfig
 from amalgam.data import ImageData, RelabeledImages, load_data, stratified_indices
+from amalgam.data.augment import TransferViews
 from amalgam.engine import (
     accuracy, confusion_matrix, evaluate_teachers, head_accuracies, member_probabilities, per_class_accuracy,
     target_accuracy, train,
@@ -260,21 +261,27 @@ class Pipeline:
             return None
         taps = needs.taps_per_teacher(len(self.teachers))
         cache, where = self.knowledge.cache_teachers, self.knowledge.knowledge_cache
+        views = self.views()
         if cache and where is not False:
             root = None if where is True else Path(where)
-            with state.local_main_process_first():  # one process writes a missing cache, the others then read it
-                self.signals = KnowledgeCache.build(
-                    self.teachers, self.transfer, data_name=self.data_name, taps=taps, root=root,
-                    max_cache_gb=self.knowledge.max_cache_gb, progress=progress and state.is_local_main_process)
+            # every process computes its shard of a missing cache; the main one joins them (KnowledgeCache.build)
+            self.signals = KnowledgeCache.build(
+                self.teachers, views, data_name=self.data_name, taps=taps, root=root,
+                max_cache_gb=self.knowledge.max_cache_gb, mixed_precision=self.config.mixed_precision,
+                num_workers=self.config.loader_workers(self.transfer), progress=progress and state.is_local_main_process)
         elif cache and not any(taps):
-            self.signals = CachedSignals.compute(self.teachers, self.transfer, progress=progress)
+            self.signals = CachedSignals.compute(self.teachers, views, progress=progress)
         else:
-            # Live teachers see exactly the batch the student sees: the path for random augmentation.
+            # Live teachers see exactly the views the student sees, as the cache does.
             logger.info("teacher signals: live teachers on every batch (%s)",
                         "cache_teachers=False" if not cache else
                         "knowledge_cache=False keeps only logits in memory and the method taps features")
             self.signals = LiveSignals(self.teachers, taps)
         return self.signals
+
+    def views(self) -> TransferViews:
+        """The transfer set as training reads it: its augmented views (one per image without augmentation)."""
+        return TransferViews(self.transfer, self.config.augmentation, self.config.seed)
 
     def fit(
         self,
@@ -289,8 +296,12 @@ class Pipeline:
         """Set the method up and train the student (see :func:`amalgam.engine.train`); one record per epoch,
         with the test accuracy after each epoch unless ``test_each_epoch`` is off."""
         signals = self.teacher_signals(progress)
-        labeled = LabeledSet.gather(self.transfer, self.visible, signals) if signals is not None and self.visible.size \
-            else None
+        labeled = None
+        if signals is not None and self.visible.size:
+            # with augmentation the signals are the views'; the labeled images themselves are shown to the teachers
+            clean = signals if not self.config.augment else LiveSignals(
+                self.teachers, self.method.needs().taps_per_teacher(len(self.teachers)))
+            labeled = LabeledSet.gather(self.transfer, self.visible, clean)
         return train(
             self.student, self.method, signals, self.transfer, self.config,
             labeled=labeled, transfer_logits=getattr(signals, "logits", None),
@@ -375,7 +386,8 @@ def _result_shaping(description: Mapping[str, Any]) -> dict[str, Any]:
     shaping["data"] = {k: v for k, v in (shaping["data"] or {}).items() if k not in ("measured", "skipped_images")}
     shaping["student"] = {"origin": None, **(shaping["student"] or {})}
     shaping["method"] = {k: description.get("method", {}).get(k) for k in ("name", "options")}
-    shaping["train"] = {k: description.get("train", {}).get(k) for k in RESUME_MUST_MATCH}
+    defaults = TrainConfig().to_dict()  # a run.json written before an option existed had its default
+    shaping["train"] = {k: description.get("train", {}).get(k, defaults[k]) for k in RESUME_MUST_MATCH}
     return json.loads(json.dumps(shaping))
 
 

@@ -23,7 +23,8 @@ A recipe, with every section optional (the default amalgamates the demo zoo on d
     mixed_precision = "no"          # no | bf16 | fp16 (fp16 on GPUs only)
     grad_accumulation = 1           # batches per optimizer step
     checkpoint_every = 0            # optimizer steps between checkpoints (0: at the end of each epoch only)
-    # also: batch_size, lr, seed, weight_decay, cpu (the fields of amalgam.config.TrainConfig)
+    augment = "crop,flip"           # optional: consistent augmentation (crop, flip, mixup, cutmix); augment_views = 4
+    # also: batch_size, lr, seed, weight_decay, cpu, num_workers (the fields of amalgam.config.TrainConfig)
     [output]
     dir = "runs"
 """

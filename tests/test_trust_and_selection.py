@@ -109,3 +109,28 @@ def test_hard_target_mode_is_the_argmax():
     loss = method(StepInputs(student, outputs, torch.tensor([-1])))["soft"]
     # mean weights: a = .5 * .047, b = .5 * .953 = .476, c = .5 * 1 = .5, so 'c' is the hard target
     assert loss.item() == pytest.approx(-torch.log_softmax(student, -1)[0, 2].item())
+
+
+def test_trust_weights_of_cached_rows_are_computed_once_in_setup_and_equal_the_per_batch_ones():
+    """A trust model on the teachers' outputs is frozen after setup, so every cached row's weights are fixed:
+    setup computes them once and a training batch looks its rows up (the per-batch model no longer runs)."""
+    space = LabelSpace.union([["a", "b"], ["c", "d"]])
+    teachers = [_stub_teacher(["a", "b"]), _stub_teacher(["c", "d"])]
+    generator = torch.Generator().manual_seed(0)
+    transfer_logits = [torch.randn(50, 2, generator=generator) * 3 for _ in teachers]
+    labeled_rows = torch.arange(0, 50, 5)
+    labeled = LabeledSet(torch.zeros(10, 3, 4, 4), torch.arange(10) % 4,
+                         [TeacherOutput(z[labeled_rows]) for z in transfer_logits], labeled_rows)
+    torch.manual_seed(0)
+    method = create_method("trust-learner", space, teachers, {"trust_epochs": 5})
+    method.setup(Setup(labeled=labeled, transfer_logits=transfer_logits))
+    rows = torch.tensor([3, 17, 49, 3])
+    looked_up = method.batch_teacher_weights([z[rows] for z in transfer_logits], None, rows)
+    computed = method.teacher_weights([z[rows] for z in transfer_logits], None)
+    assert looked_up.shape == (4, 2) and torch.allclose(looked_up, computed, atol=1e-6)
+    method.trust.net[-1].bias.data += 5.0  # were the model still run per batch, the weights would move
+    assert torch.equal(method.batch_teacher_weights([z[rows] for z in transfer_logits], None, rows), looked_up)
+    torch.manual_seed(0)
+    on_input = create_method("trust-learner", space, teachers, {"trust_epochs": 1, "trust_input": "input"})
+    on_input.setup(Setup(labeled=labeled, transfer_logits=transfer_logits))
+    assert on_input.row_weights is None  # its weights depend on the image, which the cache does not hold

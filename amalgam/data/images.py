@@ -33,6 +33,22 @@ class TensorImages(Dataset):
         return self.labels.numpy()
 
 
+def in_memory(data: Dataset) -> bool:
+    """Whether ``data`` reads its images from tensors in memory (a :class:`TensorImages`, through any views of
+    it), so that loading it in worker processes would only add copying.
+
+    >>> in_memory(RelabeledImages(TensorImages(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2)), [0]))
+    True
+    """
+    while not isinstance(data, TensorImages):
+        inner = getattr(data, "base", None)
+        inner = getattr(data, "dataset", None) if inner is None else inner
+        if inner is None:
+            return False
+        data = inner
+    return True
+
+
 class RelabeledImages(Dataset):
     """A view of ``base`` whose labels go through ``label_map`` and are hidden outside ``visible``.
 

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from amalgam.config import TrainConfig
 from amalgam.errors import AmalgamError
 
 FORMAT_VERSION = 2  # 2: the method's parts in an optimizer group of their own
@@ -46,7 +47,7 @@ _NAME = re.compile(r"step-(\d+)")
 _TEMPORARY_PREFIX = ".tmp-"
 # Options that change what a run computes: a resumed run must have the same ones as the run it continues.
 RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "parts_lr", "weight_decay", "seed", "grad_accumulation",
-                     "mixed_precision")
+                     "mixed_precision", "augment", "augment_views")
 
 
 class CheckpointError(AmalgamError):
@@ -184,8 +185,9 @@ def load_checkpoint(path: Path, student: nn.Module, method: nn.Module, run: dict
         raise CheckpointError(f"checkpoint {str(path)!r} has format {state.get('format')!r}; this version of amalgam "
                               f"reads format {FORMAT_VERSION}. Start a new run.")
     saved = state["run"]
+    defaults = TrainConfig().to_dict()  # a checkpoint written before an option existed had its default
     for key in (*RESUME_MUST_MATCH, "num_processes", "transfer_samples"):
-        if saved.get(key) != run.get(key):
+        if saved.get(key, defaults.get(key)) != run.get(key, defaults.get(key)):
             raise CheckpointError(
                 f"cannot resume from {str(path)!r}: it was written with {key}={saved.get(key)!r}, this run has "
                 f"{key}={run.get(key)!r}. Resume with the options of the run that wrote it, or start a new run."

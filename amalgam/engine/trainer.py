@@ -18,7 +18,8 @@ from amalgam.engine.checkpoint import (
     Checkpoint, CheckpointError, Progress, check_checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint,
 )
 from amalgam.errors import RunCancelled
-from amalgam.knowledge import IndexedImages, TeacherSignals
+from amalgam.data.augment import LabelMix, TransferViews, ViewSampler
+from amalgam.knowledge import TeacherSignals
 from amalgam.methods.base import Batch, LabeledSet, Method, Setup, StudentForward
 from amalgam.parallel import mean_over_processes
 from amalgam.students.stages import part_modules, resolve_stages, stage_modules
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 
 EpochCallback = Callable[[dict], None]
+LOG_EVERY = 20  # batches between reads of the running loss for the progress bar (each read waits for the device)
 
 __all__ = ["EpochCallback", "TrainConfig", "Trainable", "parameter_groups", "train"]
 
@@ -104,13 +106,9 @@ def train(
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(config.seed)
     shuffling = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(
-        IndexedImages(transfer),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(transfer) > config.batch_size,
-        generator=shuffling,
-    )
+    views = TransferViews(transfer, config.augmentation, config.seed)
+    sampler = ViewSampler(views, shuffling, config.seed)
+    loader = transfer_loader(views, sampler, config, accelerator.device)
     needs = method.needs()
     if needs.teacher_signals != "outputs":
         signals = None  # the method runs the teachers itself, or has none
@@ -134,6 +132,8 @@ def train(
         signals.to(accelerator.device)
     # the last group of an epoch may hold fewer batches: its gradient is scaled to a mean over the batches it has
     short_group = batches % config.grad_accumulation
+    mixes = views.augmentation is not None and views.augmentation.mixes
+    total_dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64  # mps has no float64
     run = {**config.to_dict(), "num_processes": accelerator.num_processes, "transfer_samples": len(transfer)}
 
     state = Progress()
@@ -167,8 +167,9 @@ def train(
     for epoch in range(state.epochs_done + 1, config.epochs + 1):
         wrapped.train()
         method.start_epoch(epoch, config.epochs)
+        sampler.use_epoch(epoch)
         started = time.perf_counter() - state.epoch_seconds
-        sums: dict[str, float] = defaultdict(float, state.loss_sums)
+        sums: dict[str, float | torch.Tensor] = defaultdict(float, state.loss_sums)  # on the device until read
         epoch_start_shuffling = shuffling.get_state()
         skip, state.batches_done, state.epoch_seconds = state.batches_done, 0, 0.0
         if skip:  # resuming mid-epoch: the same shuffled order (same generator state), without the batches done
@@ -178,33 +179,35 @@ def train(
             epoch_loader = loader
         bar = tqdm(epoch_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False,
                    unit="batch", initial=skip, total=len(loader))
-        for batch, (images, labels, indices) in enumerate(bar, start=skip):
+        for batch, (images, labels, indices, rows, partners, label_weights) in enumerate(bar, start=skip):
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
-            teacher_outputs = signals(images, indices) if signals is not None else []
+            teacher_outputs = signals(images, rows) if signals is not None else []
+            mix = LabelMix(partners, label_weights) if mixes else None
             with accelerator.accumulate(wrapped):
                 with accelerator.autocast():
-                    losses = wrapped(Batch(images, labels, indices, teacher_outputs))
+                    losses = wrapped(Batch(images, labels, indices, teacher_outputs, rows, mix))
                     loss = sum(losses.values())
                 in_short_group = short_group and batch >= batches - short_group
                 accelerator.backward(loss * (config.grad_accumulation / short_group) if in_short_group else loss)
                 optimizer.step()  # all three act only when sync_gradients, at the end of a group of batches
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-            for key, value in losses.items():
-                sums[key] += float(value.detach())
-            sums["loss"] += float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            for key, value in losses.items():  # no host sync per step: read every LOG_EVERY batches
+                sums[key] = sums[key] + value.detach().to(total_dtype)
+            sums["loss"] = sums["loss"] + loss.detach().to(total_dtype)
+            if show and (batch + 1) % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if accelerator.sync_gradients:
                 state.optimizer_steps += 1
                 if (config.checkpoint_every and state.optimizer_steps % config.checkpoint_every == 0
                         and batch + 1 < batches):  # the epoch's last step is checkpointed with the epoch's record
                     # every rank continues from the mean, so the epoch's logged mean is unchanged
-                    state.batches_done, state.loss_sums = batch + 1, _mean_over_processes(accelerator, sums)
+                    state.batches_done, state.loss_sums = batch + 1, _mean_over_processes(accelerator, _read(sums))
                     state.epoch_seconds = time.perf_counter() - started
                     checkpoint(epoch_start_shuffling)
         state.batches_done, state.loss_sums, state.epoch_seconds = 0, {}, 0.0
-        sums = _mean_over_processes(accelerator, sums)  # each process summed its own batches
+        sums = _mean_over_processes(accelerator, _read(sums))  # each process summed its own batches
         record = {"epoch": epoch, **{k: v / batches for k, v in sums.items()}}
         record["seconds"] = time.perf_counter() - started
         record.update(method.end_epoch(model))
@@ -222,6 +225,27 @@ def train(
         checkpoint(shuffling.get_state())  # the next epoch starts from the generator as it is now
     model.eval()
     return history
+
+
+def transfer_loader(views: TransferViews, sampler: ViewSampler, config: TrainConfig,
+                    device: torch.device) -> DataLoader:
+    """The training loader: decoding and augmentation in ``config.loader_workers()`` persistent worker processes,
+    pinned memory on CUDA. Batches do not depend on the number of workers: a view depends only on its row."""
+    workers = config.loader_workers(views.base)
+    # the generator also seeds the workers (one draw per epoch, as DataLoader(shuffle=True, generator=...) does)
+    return DataLoader(views, batch_size=config.batch_size, sampler=sampler, drop_last=len(sampler) > config.batch_size,
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                      generator=sampler.generator)
+
+
+def _read(sums: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """The loss sums as numbers: one transfer from the device for all of them."""
+    tensors = [v for v in sums.values() if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return {k: float(v) for k, v in sums.items()}
+    like = tensors[0]
+    values = torch.stack([torch.as_tensor(v, device=like.device, dtype=like.dtype) for v in sums.values()])
+    return dict(zip(sums, values.cpu().tolist()))
 
 
 def _mean_over_processes(accelerator: Accelerator, sums: dict[str, float]) -> dict[str, float]:

@@ -3,9 +3,9 @@
 from amalgam.knowledge.cache import (
     DEFAULT_MAX_CACHE_GB, KnowledgeCache, KnowledgeCacheError, knowledge_root, verify_knowledge_cache,
 )
-from amalgam.knowledge.signals import CachedSignals, IndexedImages, LiveSignals, TeacherSignals
+from amalgam.knowledge.signals import CachedSignals, LiveSignals, TeacherSignals
 
 __all__ = [
-    "DEFAULT_MAX_CACHE_GB", "CachedSignals", "IndexedImages", "KnowledgeCache", "KnowledgeCacheError", "LiveSignals",
+    "DEFAULT_MAX_CACHE_GB", "CachedSignals", "KnowledgeCache", "KnowledgeCacheError", "LiveSignals",
     "TeacherSignals", "knowledge_root", "verify_knowledge_cache",
 ]

@@ -26,10 +26,16 @@ whose file was truncated or changed is found when it is opened, removed with a w
 sources (Hub ids, folders) are loaded one at a time and freed after use: peak memory is about the largest
 teacher plus a batch, not the sum of the teachers (``bench/memory.py`` measures it).
 
-**Augmentation.** amalgam applies no random augmentation, so a cached row is valid for every epoch. If random
-augmentation is ever added, cached signals would no longer match the images the student sees: the cache must
-then store per-sample augmentation parameters (and apply the same ones to the student's batch), or the run must
-use live teachers (``amalgamate(..., cache_teachers=False)``, which says so in the log).
+**Augmentation.** With augmentation (:mod:`amalgam.data.augment`) the cached set is the views: K rows per
+transfer image (row ``view * N + index``), the augmentation and its seed part of the data fingerprint, so K
+views cost K times the disk of one (logits: K x 4 bytes x classes per image; taps likewise).
+
+**Several processes.** Under ``accelerate launch`` every process computes a contiguous shard of the rows (whole
+batches, so each row is computed exactly as one process would), and the main process joins the shards, in order,
+into the one Arrow file; all processes then read it. The cache folder must be on a file system they share.
+
+**Precision.** ``mixed_precision="bf16"``/``"fp16"`` runs the teachers under autocast (on GPUs), in inference mode
+either way; the precision is part of the key when it is not full.
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import socket
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,10 +59,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from amalgam.data.augment import TransferViews
 from amalgam.data.images import RelabeledImages, TensorImages
 from amalgam.errors import AmalgamError
 from amalgam.knowledge.integrity import check_file, file_checksums
-from amalgam.knowledge.signals import CACHE_BATCH, IndexedImages
+from amalgam.knowledge.signals import CACHE_BATCH
 from amalgam.paths import amalgam_home
 from amalgam.teachers.sources import TEACHER_FILES
 from amalgam.teachers.teacher import Teacher, TeacherOutput, load_teacher
@@ -141,9 +150,14 @@ def _content_digest(data: Dataset) -> str:
     from amalgam.data.hf import HFImages
 
     digest = hashlib.blake2b(digest_size=20)
-    if isinstance(data, (RelabeledImages, IndexedImages)):  # views that change labels or add indices only
+    if isinstance(data, RelabeledImages):  # a view that changes labels only
         return _content_digest(data.base)
-    if isinstance(data, Subset):
+    if isinstance(data, TransferViews):
+        if data.augmentation is None:  # the images themselves
+            return _content_digest(data.base)
+        digest.update(_content_digest(data.base).encode())
+        digest.update(json.dumps(data.describe(), sort_keys=True).encode())
+    elif isinstance(data, Subset):
         digest.update(_content_digest(data.dataset).encode())
         digest.update(np.asarray(data.indices, dtype=np.int64).tobytes())
     elif isinstance(data, TensorImages):
@@ -161,10 +175,12 @@ def _content_digest(data: Dataset) -> str:
 
 
 def cache_key(identity: dict[str, Any], fingerprint: dict[str, Any], input_spec: dict[str, Any],
-              taps: Sequence[str]) -> tuple[str, dict[str, Any]]:
+              taps: Sequence[str], mixed_precision: str = "no") -> tuple[str, dict[str, Any]]:
     """The folder name of one teacher's cache, and the material it hashes (stored in ``key.json``)."""
     material = {"format": FORMAT_VERSION, "teacher": identity, "data": fingerprint, "input": input_spec,
                 "taps": list(taps)}
+    if mixed_precision != "no":  # full precision keeps the keys of caches written before this option existed
+        material["precision"] = mixed_precision
     text = json.dumps(material, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest(), material
 
@@ -208,7 +224,6 @@ class KnowledgeCache:
                         for ds, meta, taps in zip(self.datasets, self.meta, self._taps)]
 
     @classmethod
-    @torch.no_grad()
     def build(
         cls,
         teachers: Sequence[Teacher | str | os.PathLike],
@@ -221,6 +236,8 @@ class KnowledgeCache:
         max_cache_gb: float = DEFAULT_MAX_CACHE_GB,
         batch_size: int = CACHE_BATCH,
         device: torch.device | str | None = None,
+        mixed_precision: str = "no",
+        num_workers: int = 0,
         progress: bool = True,
     ) -> "KnowledgeCache":
         """Open each teacher's cache, computing (and writing) the ones that are missing.
@@ -228,30 +245,42 @@ class KnowledgeCache:
         Args:
             teachers: :class:`Teacher` objects (run where they are), or sources for :func:`load_teacher`, which
                 are loaded one at a time, on ``device`` (default CPU), and freed once their cache is written.
-            data: the transfer set, yielding ``(image, label)`` in a fixed order (labels are not used).
+            data: the transfer set, yielding ``(image, ...)`` in a fixed order (labels are not used), or its
+                :class:`~amalgam.data.augment.TransferViews` (one row per view).
             data_name, split: name the data in the key (the contents are digested as well).
             taps: per teacher, the feature taps to store (none by default).
             root: the cache folder (default :func:`knowledge_root`).
             max_cache_gb: refuse to write more than this many GB in this call (caches already on disk are free).
             batch_size: teacher batch size while computing.
+            mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"``: autocast for the teachers (part of the key).
+            num_workers: DataLoader worker processes decoding the images.
+
+        Under several processes (``accelerate launch``) every process must call it: each computes its shard.
         """
+        from accelerate import PartialState
+
+        state = PartialState()
         root = Path(root) if root is not None else knowledge_root()
         taps = [list(t) for t in taps] if taps is not None else [[] for _ in teachers]
         if len(taps) != len(teachers):
             raise ValueError(f"{len(teachers)} teachers but {len(taps)} tap lists")
         fingerprint = data_fingerprint(data, data_name, split)
         budget = {"limit": int(max_cache_gb * 1e9), "written": 0}
+        run = _Run(batch_size, mixed_precision, num_workers, progress and state.is_local_main_process)
         folders = []
         for source, teacher_taps in zip(teachers, taps):
             owned = not isinstance(source, Teacher)
             teacher = load_teacher(source).to(device or "cpu") if owned else source
             key, material = cache_key(teacher_identity(teacher), fingerprint, teacher.input_spec.to_dict(),
-                                      teacher_taps)
+                                      teacher_taps, mixed_precision)
             folder = root / key
-            if _complete(folder, len(data)):
+            complete = _complete(folder, len(data)) if state.is_main_process else None
+            if state.num_processes > 1:  # the main process decides for all (it may have removed a damaged one)
+                complete = _broadcast(complete)
+            if complete:
                 logger.info("knowledge cache: teacher %s read from %s", teacher.name, folder)
             else:
-                _write(teacher, teacher_taps, data, folder, material, batch_size, budget, max_cache_gb, progress)
+                _write(teacher, teacher_taps, data, folder, material, run, budget, max_cache_gb, state)
             folders.append(folder)
             if owned:  # one teacher in memory at a time
                 del teacher
@@ -326,34 +355,103 @@ def _complete(folder: Path, size: int) -> bool:
     return True
 
 
-def _write(teacher: Teacher, taps: list[str], data: Dataset, folder: Path, material: dict[str, Any],
-           batch_size: int, budget: dict[str, int], max_cache_gb: float, progress: bool) -> None:
-    import pyarrow as pa
-    from datasets import Features, List, Value
-    from datasets.arrow_writer import ArrowWriter
+@dataclass(frozen=True)
+class _Run:
+    """How a cache is computed (not part of what it holds, except the precision, which is in the key)."""
 
+    batch_size: int
+    mixed_precision: str
+    num_workers: int
+    progress: bool
+
+
+def _broadcast(value: Any) -> Any:
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _shard(size: int, batch_size: int, rank: int, processes: int) -> range:
+    """The rows process ``rank`` of ``processes`` computes: a contiguous run of whole batches (the last process
+    also takes the last, short batch), so that every batch is one the one-process cache computes as well.
+
+    >>> [_shard(10, 3, r, 2) for r in range(2)]
+    [range(0, 6), range(6, 10)]
+    """
+    batches = math.ceil(size / batch_size)
+    first, last = rank * batches // processes, (rank + 1) * batches // processes
+    return range(min(size, first * batch_size), min(size, last * batch_size))
+
+
+def _write(teacher: Teacher, taps: list[str], data: Dataset, folder: Path, material: dict[str, Any], run: _Run,
+           budget: dict[str, int], max_cache_gb: float, state: Any) -> None:
+    """Compute one teacher's cache and rename it into place; under several processes, each computes its shard
+    and the main process joins them (see the module docstring)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_partials(folder)
+    if state.is_main_process:
+        _remove_dead_partials(folder)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial = folder.parent / f"{PARTIAL_PREFIX}{folder.name}-{owner}"
     partial.mkdir()
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    bar = tqdm(loader, desc=f"teacher {teacher.name}", disable=not progress, leave=False)
+    sharded = state.num_processes > 1
+    rows = _shard(len(data), run.batch_size, state.process_index, state.num_processes) if sharded \
+        else range(len(data))
+    meta: dict[str, Any] = {}
+    try:
+        try:
+            meta = _compute(teacher, taps, data, rows, partial / ARROW_FILE, material, run, budget, max_cache_gb,
+                            folder.name)
+        finally:
+            if sharded:  # every process reaches the join, even one that failed (the main one then fails too)
+                shards = _gather_shards(partial if meta else None)
+        if sharded and state.is_main_process:
+            if any(shard is None for shard in shards):
+                raise KnowledgeCacheError(f"teacher {teacher.name!r}: a process failed to compute its shard")
+            _join(shards, partial / ARROW_FILE, meta)
+        if state.is_main_process:
+            _publish(partial, folder, meta, len(data))
+            logger.info("knowledge cache: teacher %s written to %s (%s)", teacher.name, folder, meta["summary"])
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        if sharded:
+            state.wait_for_everyone()  # the cache is in place before any process opens it
+            if partial.exists() and partial != folder:
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def _gather_shards(partial: Path | None) -> list[Path | None]:
+    from accelerate.utils import gather_object
+
+    return [None if p is None else Path(p) for p in gather_object([None if partial is None else str(partial)])]
+
+
+@torch.inference_mode()
+def _compute(teacher: Teacher, taps: list[str], data: Dataset, rows: range, path: Path, material: dict[str, Any],
+             run: _Run, budget: dict[str, int], max_cache_gb: float, key: str) -> dict[str, Any]:
+    """The teacher's logits and taps on ``rows`` of ``data``, streamed into the Arrow file ``path``; returns the
+    cache's metadata (shapes and size, from the first batch)."""
+    import pyarrow as pa
+    from datasets.arrow_writer import ArrowWriter
+
+    loader = DataLoader(Subset(data, rows) if len(rows) != len(data) else data, batch_size=run.batch_size,
+                        shuffle=False, num_workers=run.num_workers, pin_memory=teacher.device.type == "cuda")
+    bar = tqdm(loader, desc=f"teacher {teacher.name}", disable=not run.progress, leave=False)
+    autocast = torch.autocast(teacher.device.type, dtype=torch.bfloat16 if run.mixed_precision == "bf16"
+                              else torch.float16, enabled=run.mixed_precision != "no")
     writer = None
     meta: dict[str, Any] = {}
     try:
         for batch in bar:
-            out = teacher(batch[0], taps=taps)
-            logits = out.logits.detach().float().cpu().numpy()
-            features = [out.features[t].detach().to(torch.float16).cpu() for t in taps]
+            with autocast:
+                out = teacher(batch[0], taps=taps)
+            logits = out.logits.float().cpu().numpy()
+            features = [out.features[t].to(torch.float16).cpu() for t in taps]
             if writer is None:  # the first batch tells the shapes: size the cache before writing any of it
-                meta = _plan(teacher, taps, data, logits, features, folder.name, material, budget, max_cache_gb)
+                meta = _plan(teacher, taps, data, logits, features, key, material, budget, max_cache_gb)
                 bar.set_description(f"teacher {teacher.name}: caching {meta['summary']}")
-                columns = {"logits": List(Value("float32"), length=logits.shape[1])}
-                for tap in taps:
-                    spec = meta["features"][tap]
-                    columns[spec["column"]] = List(Value("float16"), length=int(np.prod(spec["shape"])))
-                writer = ArrowWriter(features=Features(columns), path=str(partial / ARROW_FILE))
+                writer = ArrowWriter(features=_arrow_features(meta, taps), path=str(path))
             table = {"logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), logits.shape[1])}
             for tap, values in zip(taps, features):
                 flat = values.reshape(len(values), -1).numpy()
@@ -362,25 +460,52 @@ def _write(teacher: Teacher, taps: list[str], data: Dataset, folder: Path, mater
             writer.write_table(pa.table(table))
         if writer is None:
             raise KnowledgeCacheError(f"the transfer set is empty: nothing to cache for teacher {teacher.name!r}")
-        rows, _ = writer.finalize()
-        if rows != len(data):
-            raise KnowledgeCacheError(f"teacher {teacher.name!r}: wrote {rows} rows for {len(data)} samples")
-        meta["arrow"] = file_checksums(partial / ARROW_FILE)  # checked on every open (integrity.py)
-        (partial / KEY_FILE).write_text(json.dumps(meta, indent=2))  # last: a folder with key.json is whole
-        try:
-            partial.rename(folder)
-        except OSError:
-            if not _complete(folder, len(data)):  # another process finished the same key first: keep theirs
-                raise
-            shutil.rmtree(partial, ignore_errors=True)
-        logger.info("knowledge cache: teacher %s written to %s (%s)", teacher.name, folder, meta["summary"])
+        written, _ = writer.finalize()
+        if written != len(rows):
+            raise KnowledgeCacheError(f"teacher {teacher.name!r}: wrote {written} rows for {len(rows)} samples")
     except BaseException:
         if writer is not None:
             writer.close()
-        shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         bar.close()
+    return meta
+
+
+def _arrow_features(meta: dict[str, Any], taps: list[str]) -> Any:
+    from datasets import Features, List, Value
+
+    columns = {"logits": List(Value("float32"), length=meta["logits"])}
+    for tap in taps:
+        spec = meta["features"][tap]
+        columns[spec["column"]] = List(Value("float16"), length=int(np.prod(spec["shape"])))
+    return Features(columns)
+
+
+def _join(shards: Sequence[Path], path: Path, meta: dict[str, Any]) -> None:
+    """The shards' Arrow files, in order, as one Arrow file at ``path`` (the first shard's file is replaced)."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    joined = path.with_name("joined.arrow")
+    writer = ArrowWriter(features=_arrow_features(meta, list(meta["features"])), path=str(joined))
+    for shard in shards:
+        writer.write_table(datasets.Dataset.from_file(str(shard / ARROW_FILE)).data.table)
+    writer.finalize()
+    joined.replace(path)
+
+
+def _publish(partial: Path, folder: Path, meta: dict[str, Any], size: int) -> None:
+    """Checksum the finished Arrow file, write ``key.json`` (last: a folder with key.json is whole) and rename the
+    partial folder into place (keeping another process's, when it finished the same key first)."""
+    meta["arrow"] = file_checksums(partial / ARROW_FILE)  # checked on every open (integrity.py)
+    (partial / KEY_FILE).write_text(json.dumps(meta, indent=2))
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not _complete(folder, size):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _plan(teacher: Teacher, taps: list[str], data: Dataset, logits: np.ndarray, features: list[torch.Tensor],

@@ -1,7 +1,7 @@
 """Where teacher knowledge comes from during training: the teachers themselves, or outputs computed once.
 
-Teachers are frozen and amalgam applies no random augmentation, so a teacher's output for a transfer image is
-the same every epoch: :class:`CachedSignals` computes the logits once, in memory, and every later epoch costs
+Teachers are frozen and a transfer image's views are finite and deterministic (amalgam.data.augment), so a
+teacher's output for a view is the same every time: :class:`CachedSignals` computes the logits once, in memory, and every later epoch costs
 only the student. :class:`~amalgam.knowledge.cache.KnowledgeCache` does the same for logits and tapped features
 on disk, reused across runs; :class:`LiveSignals` runs the teachers on every batch.
 """
@@ -20,26 +20,13 @@ CACHE_BATCH = 256
 
 
 class TeacherSignals(Protocol):
-    """Gives the teachers' outputs for a batch of transfer images, by their indices in the transfer set."""
+    """Gives the teachers' outputs for a batch of transfer images, by their rows in the transfer set (with
+    augmentation, the rows of their views: :class:`~amalgam.data.augment.TransferViews`)."""
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> list[TeacherOutput]: ...
 
     def to(self, device: torch.device | str) -> None:
         """Move whatever the signals compute with to the training device."""
-
-
-class IndexedImages(Dataset):
-    """A data set that also yields each sample's index, so signals can be looked up per sample."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image, label = self.base[index]
-        return image, label, index
 
 
 class LiveSignals:
@@ -53,6 +40,7 @@ class LiveSignals:
         for teacher in self.teachers:  # frozen: moved, never wrapped for distributed training
             teacher.to(device)
 
+    @torch.no_grad()
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> list[TeacherOutput]:
         return [teacher(images, taps=self.taps[k]) for k, teacher in enumerate(self.teachers)]
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from amalgam.data.augment import LabelMix
 from amalgam.errors import MethodError
 from amalgam.fields import check_types
 from amalgam.students.heads import Head
@@ -87,7 +88,10 @@ class StepInputs:
     fraction and ``UNLABELED`` (-1) elsewhere; ``student_features`` are the outputs of the student's stages of
     :attr:`Needs.student_stages`, by stage index, and of its :attr:`Needs.student_parts`, by part name;
     ``indices`` are the samples' positions in the transfer set.
-    ``student_logits`` is ``{head name: output}`` for a student with heads.
+    ``student_logits`` is ``{head name: output}`` for a student with heads. With augmentation (see
+    :mod:`amalgam.data.augment`) ``rows`` are the rows of the views in the teacher signals (``view * N + index``;
+    without it, the indices) and ``label_mix`` the second class of mixed views: label terms go through
+    :func:`~amalgam.methods.losses.label_cross_entropy`, which reads it.
     """
 
     student_logits: torch.Tensor
@@ -96,18 +100,30 @@ class StepInputs:
     images: torch.Tensor | None = None
     student_features: dict[int | str, torch.Tensor] = field(default_factory=dict)
     indices: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    label_mix: LabelMix | None = None
+
+    @classmethod
+    def of(cls, batch: "Batch", student_logits: torch.Tensor, features: dict[int | str, torch.Tensor],
+           images: torch.Tensor | None = None) -> "StepInputs":
+        """The inputs of the loss for ``batch``, with the student's outputs on it (on ``images``, when the step
+        changed them)."""
+        return cls(student_logits, batch.teacher_outputs, batch.labels,
+                   batch.images if images is None else images, features, batch.indices, batch.rows, batch.label_mix)
 
 
 @dataclass
 class Batch:
     """One training batch as the engine hands it to :meth:`Method.step`: the raw images, their labels and
     transfer-set indices, and the teachers' outputs on them (empty unless ``needs().teacher_signals`` is
-    ``"outputs"``)."""
+    ``"outputs"``); ``rows`` and ``label_mix`` as in :class:`StepInputs`."""
 
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     teacher_outputs: list[TeacherOutput]
+    rows: torch.Tensor | None = None
+    label_mix: LabelMix | None = None
 
 
 class StudentForward:
@@ -227,8 +243,7 @@ class Method(nn.Module):
     def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
         """One training step's loss terms: the student's forward on the batch, then :meth:`loss`."""
         logits, features = student(batch.images)
-        return self.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, batch.images, features,
-                                    batch.indices))
+        return self.loss(StepInputs.of(batch, logits, features))
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

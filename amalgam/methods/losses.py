@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from amalgam.data.augment import LabelMix
+
 
 def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float,
             sample_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,6 +73,27 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     if not labeled.any():
         return logits.sum() * 0.0
     return F.cross_entropy(logits[labeled], labels[labeled])
+
+def label_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mix: LabelMix | None = None) -> torch.Tensor:
+    """:func:`masked_cross_entropy` for views that may be mixed (:mod:`amalgam.data.augment`): sample ``b``
+    costs ``w_b CE(labels_b) + (1 - w_b) CE(partner_b)``, averaged over the labeled rows.
+
+    >>> logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    >>> mix = LabelMix(partner=torch.tensor([1]), weight=torch.tensor([0.75]))
+    >>> round(label_cross_entropy(logits, torch.tensor([0]), mix).item(), 4)  # 0.75 ln 2 + 0.25 ln 4
+    0.8664
+    """
+    if mix is None:
+        return masked_cross_entropy(logits, labels)
+    labeled = (labels >= 0) & (mix.partner >= 0)
+    if not labeled.any():
+        return logits.sum() * 0.0
+    log_probs = F.log_softmax(logits[labeled].float(), dim=-1)
+    weight = mix.weight[labeled].to(log_probs.dtype)
+    first = log_probs.gather(1, labels[labeled, None])[:, 0]
+    second = log_probs.gather(1, mix.partner[labeled, None])[:, 0]
+    return -(weight * first + (1 - weight) * second).mean()
+
 
 def normalized_distance(x: torch.Tensor, y: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``B`` distances ``|| x_i / ||x_i||_2 - y_i / ||y_i||_2 ||_p`` between rows flattened to vectors.

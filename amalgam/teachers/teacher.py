@@ -42,7 +42,9 @@ class FrozenModel:
         return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str) -> "FrozenModel":
-        self.model.to(device)
+        """Move the model; on a GPU also to channels-last memory, which its convolutions run fastest in."""
+        on_gpu = torch.device(device).type == "cuda"
+        self.model.to(device, memory_format=torch.channels_last if on_gpu else torch.contiguous_format)
         return self
 
 
@@ -99,7 +101,9 @@ class Teacher(FrozenModel):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, taps: Sequence[str] = ()) -> TeacherOutput:
-        x = self.input_spec(images.to(self.device))
+        x = self.input_spec(images.to(self.device, non_blocking=True))
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
         hidden = [t for t in taps if self.library == "transformers" and t.startswith(HIDDEN_STATE_TAP)]
         hooked = [t for t in taps if t not in hidden]
         modules = resolve_modules(self.model, hooked, f"teacher {self.name!r}", self._suggested_taps)

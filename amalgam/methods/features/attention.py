@@ -11,7 +11,7 @@ from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Needs, Setup, StepInputs
-from amalgam.methods.losses import kd_loss, least_entropy_teacher, masked_cross_entropy, normalized_distance
+from amalgam.methods.losses import kd_loss, label_cross_entropy, least_entropy_teacher, normalized_distance
 from amalgam.methods.features.layers import LayerOptions, LayerPairs, attention_map
 from amalgam.methods.registry import register_method
 from amalgam.methods.targets.soft_targets import SoftTargets
@@ -141,7 +141,7 @@ class AttentionTransfer(SoftTargets):
         scratch_logits = self.scratch(step.images)
         target = (scratch_logits.detach().float() / self.temperature).softmax(dim=-1)
         return {"scratch_kd": self.scratch_weight * kd_loss(step.student_logits, target, self.temperature),
-                "scratch_labels": masked_cross_entropy(scratch_logits, step.labels)}
+                "scratch_labels": label_cross_entropy(scratch_logits, step.labels, step.label_mix)}
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         losses = super().loss(step)

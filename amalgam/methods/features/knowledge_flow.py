@@ -193,8 +193,7 @@ class KnowledgeFlow(SoftTargets):
         """The student's forward with the teachers' features mixed into its chosen stages, then :meth:`loss`."""
         with self.mixed_outputs(student.stage_modules, batch.teacher_outputs):
             logits, features = student(batch.images)
-        return self.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, batch.images, features,
-                                    batch.indices))
+        return self.loss(StepInputs.of(batch, logits, features))
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         losses = super().loss(step)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from amalgam.methods.base import Needs, Setup, StepInputs
-from amalgam.methods.losses import feature_reconstruction, kd_loss, masked_cross_entropy
+from amalgam.methods.losses import feature_reconstruction, kd_loss, label_cross_entropy
 from amalgam.methods.features.layers import LayerPairs, feature_vector
 from amalgam.methods.heads.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
@@ -113,6 +113,6 @@ class MultiBranch(PerTeacherHeads):
                                                       self.layers.teacher))
         if self.label_weight > 0:
             mean_logits = torch.stack(branches).mean(dim=0)
-            losses["labels"] = self.label_weight * (sum(masked_cross_entropy(z, step.labels) for z in branches)
-                                                    + masked_cross_entropy(mean_logits, step.labels))
+            losses["labels"] = self.label_weight * (sum(label_cross_entropy(z, step.labels, step.label_mix) for z in branches)
+                                                    + label_cross_entropy(mean_logits, step.labels, step.label_mix))
         return losses

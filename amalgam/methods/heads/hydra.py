@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from amalgam.methods.base import StepInputs
-from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.methods.losses import kd_loss, label_cross_entropy
 from amalgam.methods.heads.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
@@ -105,5 +105,5 @@ class Hydra(PerTeacherHeads):
         losses = {"soft": sum(kd_loss(z, p, self.temperature) for z, p in pairs) / len(pairs)}
         if self.label_weight > 0:
             losses["labels"] = self.label_weight * sum(
-                masked_cross_entropy(z, step.labels) for z, _ in pairs) / len(pairs)
+                label_cross_entropy(z, step.labels, step.label_mix) for z, _ in pairs) / len(pairs)
         return losses

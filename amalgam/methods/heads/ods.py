@@ -9,7 +9,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from amalgam.methods.base import Batch, Needs, StepInputs, StudentForward
-from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.methods.losses import kd_loss, label_cross_entropy
 from amalgam.methods.heads.members import PerTeacherHeads
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
@@ -109,7 +109,7 @@ class OutputDiversifiedSampling(PerTeacherHeads):
         with torch.autocast(batch.images.device.type, enabled=False):
             images = self.perturb(batch.images)
         logits, features = student(images)
-        return self.loss(StepInputs(logits, batch.teacher_outputs, batch.labels, images, features, batch.indices))
+        return self.loss(StepInputs.of(batch, logits, features, images))
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         heads = self.head_outputs(step)
@@ -118,5 +118,5 @@ class OutputDiversifiedSampling(PerTeacherHeads):
         members = [heads[name] for name in self.head_names]
         losses = {"soft": self.alpha * sum(kd_loss(z, p, self.temperature) for z, p in zip(members, targets))}
         if self.alpha < 1:
-            losses["labels"] = (1 - self.alpha) * sum(masked_cross_entropy(z, step.labels) for z in members)
+            losses["labels"] = (1 - self.alpha) * sum(label_cross_entropy(z, step.labels, step.label_mix) for z in members)
         return losses

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amalgam.methods.base import Method, Needs, Options, StepInputs
-from amalgam.methods.losses import masked_cross_entropy, teacher_kd_terms
+from amalgam.methods.losses import label_cross_entropy, teacher_kd_terms
 from amalgam.parallel import mean_over_processes
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
@@ -103,7 +103,7 @@ class AdaptivePathWeights(Method):
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
         paths = teacher_kd_terms(step.student_logits, logits, self.indices(), self.temperature)
-        task = masked_cross_entropy(step.student_logits, step.labels)
+        task = label_cross_entropy(step.student_logits, step.labels, step.label_mix)
         if self.weighting == "uncertainty":
             distill = sum(0.5 * torch.exp(-2 * s) * p + s for s, p in zip(self.log_sigma, paths))
         else:

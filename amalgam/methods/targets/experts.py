@@ -11,7 +11,7 @@ from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import LabeledSet, Method, Needs, Options, Setup, StepInputs
-from amalgam.methods.losses import masked_cross_entropy, teacher_kd_terms
+from amalgam.methods.losses import label_cross_entropy, teacher_kd_terms
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
@@ -203,5 +203,5 @@ class SelfPacedExperts(Method):
             labels = step.labels
             if len(self.held_out) and step.indices is not None:  # validation labels are not learned
                 labels = torch.where(torch.isin(step.indices.to(labels.device), self.held_out), -1, labels)
-            losses["labels"] = self.label_weight * masked_cross_entropy(student, labels)
+            losses["labels"] = self.label_weight * label_cross_entropy(student, labels, step.label_mix)
         return losses

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, Options, StepInputs
-from amalgam.methods.losses import kd_loss, masked_cross_entropy
+from amalgam.methods.losses import kd_loss, label_cross_entropy
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.placement import membership_from_predictions, place_logits, place_probabilities
@@ -69,6 +69,13 @@ class WeightedTargets(Method):
         """``K`` or ``B x K`` weights of the teachers for this batch (``images``: the raw batch)."""
         raise NotImplementedError
 
+    def batch_teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None,
+                              rows: torch.Tensor | None) -> torch.Tensor:
+        """The teachers' weights on a training batch (``rows``: its rows in the teacher signals); by default
+        :meth:`teacher_weights`. A method whose weights are a fixed function of the cached signals may look
+        them up by row instead of computing them each step."""
+        return self.teacher_weights(teacher_logits, images)
+
     def sample_weights(self, step: StepInputs, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """``B`` weights of the samples' distillation terms (``None``: all 1)."""
         return None
@@ -77,11 +84,14 @@ class WeightedTargets(Method):
         self.feedback_share = self.student_feedback * (epoch - 1) / max(1, epochs - 1)
 
     def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
-               temperature: float | None = None, student_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """The combined target over the union classes (with the student's feedback when its logits are given)."""
+               temperature: float | None = None, student_logits: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The combined target over the union classes (with the student's feedback when its logits are given;
+        ``rows``: a training batch's rows, see :meth:`batch_teacher_weights`)."""
         tau = self.temperature if temperature is None else temperature
         probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
-        weights = self.teacher_weights(teacher_logits, images)
+        weights = self.batch_teacher_weights(teacher_logits, images, rows) if rows is not None \
+            else self.teacher_weights(teacher_logits, images)
         if student_logits is not None and self.feedback_share > 0:
             student_view = membership_from_predictions(student_logits.detach().float().softmax(dim=-1),
                                                        self.membership)
@@ -93,7 +103,7 @@ class WeightedTargets(Method):
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
-        target = self.target(logits, step.images, student_logits=step.student_logits)
+        target = self.target(logits, step.images, student_logits=step.student_logits, rows=step.rows)
         weights = self.sample_weights(step, logits)
         if self.target_mode == "hard":
             hard = F.one_hot(target.argmax(dim=-1), self.label_space.num_classes).to(target.dtype)
@@ -101,7 +111,7 @@ class WeightedTargets(Method):
         else:
             losses = {"soft": self.soft_weight * kd_loss(step.student_logits, target, self.temperature, weights)}
         if self.label_weight > 0:
-            losses["labels"] = self.label_weight * masked_cross_entropy(step.student_logits, step.labels)
+            losses["labels"] = self.label_weight * label_cross_entropy(step.student_logits, step.labels, step.label_mix)
         return losses
 
 
@@ -169,7 +179,8 @@ class ConcatenatedLogits(WeightedTargets):
     summary = "One softmax over the teachers' concatenated logits (the naive amalgamation target)."
 
     def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
-               temperature: float | None = None, student_logits: torch.Tensor | None = None) -> torch.Tensor:
+               temperature: float | None = None, student_logits: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
         tau = self.temperature if temperature is None else temperature
         logits = place_logits(list(teacher_logits), self.indices(), self.label_space.num_classes)
         return (logits / tau).softmax(dim=-1)

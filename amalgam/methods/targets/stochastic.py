@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,5 +160,4 @@ class StochasticTeachers(SoftTargets):
         for teacher, skip in zip(self.teachers, self.sample_skipped()):
             with skipped(teacher.model, skip):
                 outputs.append(teacher(step.images))
-        return super().loss(StepInputs(step.student_logits, outputs, step.labels, step.images,
-                                       step.student_features, step.indices))
+        return super().loss(dataclasses.replace(step, teacher_outputs=outputs))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from amalgam.methods.base import Method, Needs, StepInputs
-from amalgam.methods.losses import masked_cross_entropy
+from amalgam.methods.losses import label_cross_entropy
 from amalgam.methods.registry import register_method
 
 
@@ -25,4 +25,4 @@ class Supervised(Method):
         return Needs(teacher_signals="none")
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        return {"labels": masked_cross_entropy(step.student_logits, step.labels)}
+        return {"labels": label_cross_entropy(step.student_logits, step.labels, step.label_mix)}

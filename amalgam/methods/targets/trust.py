@@ -142,6 +142,7 @@ class TeacherTrustLearner(WeightedTargets):
         widths = [len(t.class_names) for t in teachers]
         self.trust = OutputTrust(widths) if o.trust_input == "outputs" else input_trust(teachers, len(widths))
         self.fitted = False
+        self.row_weights: torch.Tensor | None = None  # per row of the cached signals, once fitted (setup)
 
     def needs(self) -> Needs:
         return Needs(labels=True)
@@ -170,6 +171,27 @@ class TeacherTrustLearner(WeightedTargets):
                 optimizer.step()
         self.trust.eval().requires_grad_(False)
         self.fitted = True
+        self.row_weights = self._weights_by_row(ctx.transfer_logits)
+
+    @torch.no_grad()
+    def _weights_by_row(self, transfer_logits: Sequence[torch.Tensor] | None) -> torch.Tensor | None:
+        """The frozen trust model's weights for every row of the cached signals, computed once: a trust model
+        that reads only the teachers' outputs gives each row the same weights every epoch (``None`` when it
+        reads the input, or the signals are not cached)."""
+        if transfer_logits is None or not isinstance(self.trust, OutputTrust):
+            return None
+        device = self.membership.device
+        chunks = [trust_weights(self.trust(None, [z[rows].to(device) for z in transfer_logits]), self.trust_norm)
+                  for rows in torch.arange(len(transfer_logits[0])).split(4096)]
+        return torch.cat(chunks)
+
+    def batch_teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None,
+                              rows: torch.Tensor | None) -> torch.Tensor:
+        if self.row_weights is None or rows is None:
+            return self.teacher_weights(teacher_logits, images)
+        if self.row_weights.device != teacher_logits[0].device:
+            self.row_weights = self.row_weights.to(teacher_logits[0].device)
+        return self.row_weights[rows.to(self.row_weights.device)]
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         if not self.fitted:
