@@ -38,8 +38,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DIGITS = [str(d) for d in range(10)]
 TOKEN = "hf_appTestToken0123456789abcdef"
 # start_run's inputs after the chosen teachers (kept in the session): data kind, Hub id or folder, zip, method,
-# method options, labeled fraction, epochs, learning rate, student, evaluation data.
-DIGITS_RUN = ("digits", "", None, "soft-targets", '{"temperature": 4.0}', 0.0, 2, 0.01, "test_efficientnet", "digits")
+# method options, labeled fraction, epochs, learning rate, student, evaluation data, augmentation.
+DIGITS_RUN = ("digits", "", None, "soft-targets", '{"temperature": 4.0}', 0.0, 2, 0.01, "test_efficientnet", "digits",
+              [])
 
 
 def free_port() -> int:
@@ -270,6 +271,19 @@ def test_run_request_is_checked_before_it_is_queued():
         RunRequest(("zoo/a",), "digits", method="no-such-method").check()
     with pytest.raises(DataError, match="labeled fraction"):
         RunRequest(("zoo/a",), "digits", labeled_fraction=1.5).check()
+    with pytest.raises(DataError, match="unknown augmentation 'rotate'"):
+        RunRequest(("zoo/a",), "digits", augment="crop,rotate").check()
+
+
+def test_the_augmentation_chosen_in_the_page_reaches_the_run(client, finished_run, runs_dir):
+    picker, _ = client.predict(*DIGITS_RUN[:6], 200, *DIGITS_RUN[7:10], ["flip", "crop"], api_name="/start_run")
+    run_json = runs_dir / picker["value"] / "run.json"
+    deadline = time.monotonic() + 120
+    while not run_json.exists():  # written before training starts
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    client.predict(picker["value"], api_name="/cancel_run")
+    assert json.loads(run_json.read_text())["train"]["augment"] == "crop,flip"
 
 
 def test_zip_of_an_image_folder_is_unpacked_safely(tmp_path):

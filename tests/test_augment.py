@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import amalgam
 from amalgam.config import TrainConfig
 from amalgam.data import UNLABELED, RelabeledImages, TensorImages, load_data
 from amalgam.data.augment import (
-    Augmentation, TransferViews, ViewSampler, crop_and_flip, cutmix_box, mix_images, random_resized_box,
+    Augmentation, TransferViews, ViewSampler, crop_and_flip, cutmix_masks, random_resized_boxes,
 )
 from amalgam.engine.checkpoint import CheckpointError
 from amalgam.errors import DataError
@@ -27,27 +28,40 @@ def _images(count: int = 12, side: int = 8) -> TensorImages:
     return TensorImages(pixels, torch.arange(count) % 3)
 
 
-def test_crop_flip_and_mixing_by_hand():
-    image = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
-    assert crop_and_flip(image, None, flip=True).tolist() == [[[2.0, 1.0], [4.0, 3.0]]]
-    four = torch.arange(16.0).reshape(1, 4, 4) / 15
-    # the top-left 2x2 block, resized back to 4x4: every pixel comes from that block's values
-    cropped = crop_and_flip(four, (0, 0, 2, 2), flip=False)
-    assert cropped.shape == (1, 4, 4)
-    assert cropped.min() >= four[0, :2, :2].min() - 1e-6 and cropped.max() <= four[0, :2, :2].max() + 1e-6
-    mixed, weight = mix_images(torch.ones(1, 4, 4), torch.zeros(1, 4, 4), 0.7, box=(1, 1, 2, 2))
-    assert weight == pytest.approx(1 - 4 / 16) and mixed.sum() == 12  # 4 of 16 pixels pasted from the zeros
-    assert mix_images(torch.ones(1, 1, 1), torch.zeros(1, 1, 1), 0.7)[0].item() == pytest.approx(0.7)
+def test_crop_flip_and_cutmix_by_hand():
+    image = torch.arange(16.0).reshape(1, 1, 4, 4) / 15
+    # a box on whole pixels is that crop resized back: what F.interpolate gives (bilinear, half-pixel centres)
+    # inside; at the box's edges the image around it is sampled, where a crop-then-resize repeats the edge
+    cropped = crop_and_flip(image, np.array([[0.25, 0.5, 0.5, 0.5]]), np.array([False]))
+    expected = F.interpolate(image[..., 1:3, 2:4], size=(4, 4), mode="bilinear", align_corners=False)
+    assert torch.allclose(cropped[..., 1:3, 1:3], expected[..., 1:3, 1:3], atol=1e-6)
+    assert cropped.min() >= image[..., 0:4, 1:4].min() and cropped.max() <= image[..., 0:4, 1:4].max() + 1e-6
+    mirrored = crop_and_flip(image, np.array([[0.25, 0.5, 0.5, 0.5]]), np.array([True]))
+    assert torch.allclose(mirrored, cropped.flip(-1), atol=1e-6)
+    whole = crop_and_flip(image, np.array([[0.0, 0.0, 1.0, 1.0]]), np.array([False]))
+    assert torch.allclose(whole, image, atol=1e-6)
+    mask = cutmix_masks(np.array([0.75, 0.5]), np.array([[0.5, 0.5], [0.5, 0.5]]), 4, 4)
+    assert mask[0].sum() == 4 and mask[1].sum() == 4  # 2x2 boxes: at most 1 - lam of the area (floor of 2.83)
+    assert mask[0, 0, 1:3, 1:3].sum() == 4  # centred
 
 
-def test_boxes_stay_inside_the_image():
-    rng = np.random.default_rng(1)
-    for _ in range(200):
-        top, left, h, w = random_resized_box(rng, 20, 30, (0.35, 1.0))
-        assert 0 <= top <= top + h <= 20 and 0 <= left <= left + w <= 30
-        assert 0.3 * 600 <= h * w <= 600  # the area share drawn, up to rounding
-        top, left, h, w = cutmix_box(rng, 20, 30, 0.25)
-        assert 0 <= top <= top + h <= 20 and 0 <= left <= left + w <= 30 and h * w <= 0.25 * 600
+def test_views_in_a_batch_are_the_views_read_one_by_one():
+    views = TransferViews(_images(), Augmentation.parse("crop,flip,mixup,cutmix", views=3), seed=5)
+    batch = views.__getitems__([5, 30, 17, 0])
+    for row, item in zip([5, 30, 17, 0], batch):
+        alone = views[row]
+        assert torch.allclose(item[0], alone[0], atol=1e-6) and item[1:] == alone[1:]
+
+
+def test_boxes_stay_inside_the_image_with_the_area_drawn():
+    boxes = random_resized_boxes(np.random.default_rng(1), 500, 20, 30, (0.35, 1.0))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 1 + 1e-6).all() and (left + w <= 1 + 1e-6).all()
+    area = h * w
+    assert ((area >= 0.35 - 1e-6) & (area <= 1 + 1e-6)).all()
+    aspect = (w * 30) / (h * 20)
+    crops = area < 1 - 1e-6
+    assert ((aspect[crops] >= 0.75 - 1e-4) & (aspect[crops] <= 4 / 3 + 1e-4)).all()
 
 
 def test_a_view_depends_only_on_its_row_not_on_workers_or_reads():

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from amalgam.api import DEFAULT_STUDENT, amalgamate
 from amalgam.app.teachers import TeacherCatalog
+from amalgam.data.augment import Augmentation
 from amalgam.engine.label_free import student_score
 from amalgam.errors import AmalgamError, DataError, RunCancelled, TeacherError
 from amalgam.methods.registry import check_method
@@ -46,6 +47,7 @@ class RunRequest:
     lr: float = 3e-3
     student: str = DEFAULT_STUDENT
     eval_data: str | None = None  # labeled data to measure on (default: the data's test split; none: label-free)
+    augment: str = ""  # consistent augmentation, comma-separated (amalgam.data.augment)
 
     def check(self) -> None:
         """Refuse what would fail only later, in the background: no teachers, bad options, budget out of range."""
@@ -59,6 +61,7 @@ class RunRequest:
             raise AmalgamError(f"epochs must be a whole number of at least 1, got {self.epochs}")
         if self.lr <= 0:
             raise AmalgamError(f"the learning rate must be positive, got {self.lr}")
+        Augmentation.parse(self.augment)
 
 
 @dataclass
@@ -181,7 +184,7 @@ class RunManager:
             result = amalgamate(
                 teachers, student=request.student, data=request.data, method=request.method,
                 method_options=dict(request.method_options), labeled_fraction=request.labeled_fraction,
-                eval_data=request.eval_data,
+                eval_data=request.eval_data, augment=request.augment,
                 epochs=int(request.epochs), lr=request.lr, run_dir=state.run_dir, progress=False,
                 on_epoch=state.history.append, should_stop=state.cancel_requested.is_set,
             )

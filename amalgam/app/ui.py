@@ -25,6 +25,7 @@ from amalgam.app.views import (
     confusion_figure, curves_frame, method_markdown, method_options_json, parse_method_options,
     per_class_frame, progress_html, results_markdown,
 )
+from amalgam.data.augment import AUGMENTATIONS
 from amalgam.engine.label_free import student_score
 from amalgam.errors import AmalgamError
 from amalgam.methods import available_methods
@@ -128,7 +129,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
 
     # ---- runs
     def start_run(sources: list[str], kind: str, text: str, upload: str | None, method: str, options: str,
-                  labeled_fraction: float, epochs: float, lr: float, student: str, eval_text: str = "") -> tuple:
+                  labeled_fraction: float, epochs: float, lr: float, student: str, eval_text: str = "",
+                  augment: list[str] | None = None) -> tuple:
         try:
             for chosen in sources:
                 paths.check(chosen, "teacher")
@@ -142,7 +144,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                 teachers=tuple(sources), data="", method=method,
                 method_options=parse_method_options(options), labeled_fraction=float(labeled_fraction),
                 epochs=int(epochs), lr=float(lr), student=(student or "").strip() or DEFAULT_STUDENT,
-                eval_data=eval_data,
+                eval_data=eval_data, augment=",".join(augment or []),
             )
             request.check()  # everything else first: an upload is unpacked only for a request that can run
             state = manager.submit(dataclasses.replace(request, data=data_source(kind, text, upload, uploads)))
@@ -285,6 +287,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                         with gr.Row():
                             lr = gr.Number(3e-3, label="learning rate")
                             student = gr.Textbox(DEFAULT_STUDENT, label="student (timm name, hf-hub:timm/<name> or folder)")
+                        augment = gr.CheckboxGroup(list(AUGMENTATIONS), value=[], label="augmentation (the "
+                                                   "student and every teacher see the same view)",
+                                                   info="; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()))
                         start = gr.Button("Start the run", variant="primary")
                         start_message = gr.Markdown()
             with gr.Tab("2 · Run", id="run"):
@@ -340,7 +345,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         method.change(choose_method, [method], [method_info, options], api_name="describe_method")
 
         start.click(start_run, [sources, data_kind, data_text, data_zip, method, options, labeled, epochs, lr,
-                                student, eval_text], [run_picker, tabs, start_message], api_name="start_run")
+                                student, eval_text, augment], [run_picker, tabs, start_message], api_name="start_run")
         view = [progress, status, loss_plot, accuracy_plot, results, per_class, confusion, try_run, publish_run]
         # Watching is a generator that polls the run; several pages may watch at once, hence no concurrency limit.
         watched = run_picker.change(watch_run, [run_picker], view, api_name="watch_run", trigger_mode="multiple",

@@ -6,11 +6,14 @@ made from the decoded image at the data set's working size (crop, flip, and mixu
 image); each model then takes it through its own eval resize (:mod:`amalgam.teachers.preprocess`), so they agree
 on what they looked at.
 
-**Views are finite and deterministic.** Each transfer image has ``views`` (K) views; view ``v`` of image ``i``
-depends only on ``(seed, i, v)`` (never on a worker's random state), and each epoch draws one view per image
-(:class:`ViewSampler`). So the knowledge cache can store the teachers' outputs on all K views (K times the rows
-of a cache without augmentation: K x 4 bytes x classes per image for the logits, plus K x the tapped features)
-and a run reads them back, and a run with live teachers sees exactly the same views: both give the same student.
+**Views are finite and deterministic.** Each transfer image has ``views`` (K) views; the random draws of
+every view are made at once from the seed (:class:`ViewParams`), so view ``v`` of image ``i`` depends only on the
+seed, the set and ``(i, v)``, never on a worker's random state or on the batch it is read in, and each epoch
+draws one view per image (:class:`ViewSampler`). So the knowledge cache can store the teachers' outputs on all K
+views (K times the rows of a cache without augmentation: K x 4 bytes x classes per image for the logits, plus
+K x the tapped features) and a run reads them back, and a run with live teachers sees exactly the same views:
+both give the same student. Views are made a batch at a time (one ``grid_sample`` for the crops and flips), in
+the DataLoader's workers.
 
 **Labels follow the view.** A labeled image's crop and flip keep its class; a mixed view (mixup or cutmix) of
 image ``i`` with partner ``j`` carries both classes with weights ``lam`` and ``1 - lam`` (:class:`LabelMix`), and
@@ -126,64 +129,114 @@ class LabelMix:
     weight: torch.Tensor
 
 
-def random_resized_box(rng: np.random.Generator, height: int, width: int,
-                       scale: tuple[float, float]) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)`` of a crop covering a share of the area drawn from ``scale``, its aspect ratio
-    log-uniform in [3/4, 4/3] (torchvision's RandomResizedCrop; the whole image after 10 misses).
+@dataclass(frozen=True)
+class ViewParams:
+    """Every view's random draws for one image size, as arrays over the rows (``view * N + index``); drawn at
+    once from ``(seed, STREAM)``, so a view depends only on the seed, the set (its size, K, the labeled rows) and
+    its row: never on a worker, a batch or the order rows are read in.
 
-    >>> random_resized_box(np.random.default_rng(0), 10, 10, (1.0, 1.0))[2:]  # all of the area: all of the image
-    (10, 10)
+    Boxes are ``(top, left, height, width)`` as fractions of the image (random resized crop: area share from
+    ``crop_scale``, aspect ratio log-uniform in [3/4, 4/3], torchvision's 10 tries, else the whole image).
     """
-    area = height * width
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        h, w = round(math.sqrt(target / aspect)), round(math.sqrt(target * aspect))
-        if 0 < h <= height and 0 < w <= width:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    return 0, 0, height, width
+
+    box: np.ndarray | None  # R x 4, crop of the image itself
+    flip: np.ndarray  # R, bool
+    partner: np.ndarray | None  # R, the index of the image it is mixed with
+    partner_box: np.ndarray | None
+    partner_flip: np.ndarray | None
+    lam: np.ndarray | None  # R, in [0.5, 1]
+    cutmix: np.ndarray | None  # R, bool: cutmix (else mixup)
+    cut_centre: np.ndarray | None  # R x 2, fractions
+
+    @classmethod
+    def draw(cls, aug: "Augmentation", images: int, height: int, width: int, seed: int,
+             labeled: np.ndarray) -> "ViewParams":
+        rows = images * aug.views
+        rng = np.random.default_rng([seed, _STREAM])
+
+        def boxes() -> np.ndarray | None:
+            return random_resized_boxes(rng, rows, height, width, aug.crop_scale) if aug.crop else None
+
+        def flips() -> np.ndarray:
+            return rng.random(rows) < 0.5 if aug.flip else np.zeros(rows, dtype=bool)
+
+        box, flip = boxes(), flips()
+        if not aug.mixes:
+            return cls(box, flip, None, None, None, None, None, None)
+        index = np.arange(rows) % images
+        pool = np.flatnonzero(labeled)
+        anyone = rng.integers(images, size=rows)
+        among_labeled = pool[rng.integers(len(pool), size=rows)] if len(pool) else anyone
+        partner = np.where(labeled[index], among_labeled, anyone)
+        cutmix = rng.random(rows) < 0.5 if aug.mixup and aug.cutmix else np.full(rows, aug.cutmix)
+        lam = np.where(cutmix, rng.beta(aug.cutmix_alpha, aug.cutmix_alpha, rows),
+                       rng.beta(aug.mixup_alpha, aug.mixup_alpha, rows))
+        lam = np.maximum(lam, 1.0 - lam)
+        return cls(box, flip, partner, boxes(), flips(), lam, cutmix, rng.random((rows, 2)))
 
 
-def cutmix_box(rng: np.random.Generator, height: int, width: int, share: float) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)`` of a box of at most ``share`` of the area, centred anywhere and clipped to the image
-    (timm's rand_bbox, its sides rounded down); the share actually covered is ``h * w / (height * width)``."""
-    cut_h, cut_w = int(height * math.sqrt(share)), int(width * math.sqrt(share))
-    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, height)
-    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, width)
-    return top, left, bottom - top, right - left
+def random_resized_boxes(rng: np.random.Generator, rows: int, height: int, width: int,
+                         scale: tuple[float, float]) -> np.ndarray:
+    """``rows`` random resized crops of an ``height x width`` image, as ``(top, left, h, w)`` fractions.
+
+    >>> box = random_resized_boxes(np.random.default_rng(0), 3, 10, 10, (1.0, 1.0))  # all of the area
+    >>> np.allclose(box, [0, 0, 1, 1])
+    True
+    """
+    share = rng.uniform(*scale, (rows, 10))
+    aspect = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), (rows, 10)))
+    h = np.sqrt(share * height * width / aspect) / height
+    w = np.sqrt(share * height * width * aspect) / width
+    fits = (h <= 1) & (w <= 1)
+    first = fits.argmax(axis=1)
+    pick = np.arange(rows)
+    h, w = np.where(fits.any(axis=1), h[pick, first], 1.0), np.where(fits.any(axis=1), w[pick, first], 1.0)
+    top, left = rng.random(rows) * (1 - h), rng.random(rows) * (1 - w)
+    return np.stack([top, left, h, w], axis=1).astype(np.float32)
 
 
-def crop_and_flip(image: torch.Tensor, box: tuple[int, int, int, int] | None, flip: bool) -> torch.Tensor:
-    """``image`` (C x H x W) cropped to ``box`` and resized back to H x W (bilinear, antialiased), then mirrored
-    left to right if ``flip``."""
-    if box is not None and (box[2], box[3]) != tuple(image.shape[-2:]):
-        top, left, h, w = box
-        patch = image[:, top:top + h, left:left + w]
-        image = F.interpolate(patch[None], size=tuple(image.shape[-2:]), mode="bilinear", antialias=True,
-                              align_corners=False)[0].clamp(0, 1)
-    return image.flip(-1) if flip else image
+def crop_and_flip(images: torch.Tensor, box: np.ndarray | None, flip: np.ndarray) -> torch.Tensor:
+    """Each image of the batch cropped to its box (fractions) and resized back to its size, then mirrored left
+    to right where ``flip``: one bilinear ``grid_sample`` for the batch (a crop is never smaller in the output,
+    so no antialiasing is needed), the same per image whatever else is in the batch. Within half a pixel of the
+    box's edges it samples the image around the box (a crop-then-resize would repeat the crop's edge pixels).
 
-
-def mix_images(first: torch.Tensor, second: torch.Tensor, lam: float,
-               box: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, float]:
-    """Mixup (``lam * first + (1 - lam) * second``) or, with ``box``, cutmix (``second`` pasted into ``box``);
-    returns the image and the weight of ``first``'s label (for cutmix: the share of pixels that are still
-    ``first``'s).
-
-    >>> a, b = torch.ones(1, 2, 2), torch.zeros(1, 2, 2)
-    >>> mix_images(a, b, 0.75)[0][0, 0, 0].item()
-    0.75
-    >>> mixed, weight = mix_images(a, b, 0.5, box=(0, 0, 1, 2))  # the top row pasted from b
-    >>> mixed[0].tolist(), weight
-    ([[0.0, 0.0], [1.0, 1.0]], 0.5)
+    >>> image = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    >>> crop_and_flip(image, None, np.array([True]))[0, 0].tolist()
+    [[2.0, 1.0], [4.0, 3.0]]
+    >>> # the top-left quarter, sampled at x, y = 0.25 and 0.75 of pixel (0, 0)'s width (centres at 0.5)
+    >>> crop_and_flip(image, np.array([[0.0, 0.0, 0.5, 0.5]]), np.array([False]))[0, 0].tolist()
+    [[1.0, 1.25], [1.5, 1.75]]
     """
     if box is None:
-        return lam * first + (1 - lam) * second, lam
-    top, left, h, w = box
-    mixed = first.clone()
-    mixed[:, top:top + h, left:left + w] = second[:, top:top + h, left:left + w]
-    return mixed, 1.0 - h * w / (first.shape[-2] * first.shape[-1])
+        mirrored = torch.from_numpy(np.asarray(flip, dtype=bool)).view(-1, 1, 1, 1)
+        return torch.where(mirrored, images.flip(-1), images)
+    box = torch.as_tensor(box, dtype=images.dtype)
+    top, left, h, w = box.unbind(dim=1)
+    sign = 1.0 - 2.0 * torch.as_tensor(np.asarray(flip, dtype=bool), dtype=images.dtype)
+    theta = torch.zeros(len(images), 2, 3, dtype=images.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, 2 * left + w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * top + h - 1
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def cutmix_masks(lam: np.ndarray, centre: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """``B x 1 x H x W`` masks of the boxes pasted from the partners: about ``1 - lam`` of the area (sides rounded
+    down, centred at ``centre`` and clipped to the image, as timm's rand_bbox), so never more than ``1 - lam``.
+
+    >>> cutmix_masks(np.array([0.75]), np.array([[0.0, 0.0]]), 4, 4)[0, 0].sum().item()  # a 2x2 box, clipped
+    1.0
+    """
+    cut_h = np.floor(height * np.sqrt(1 - lam)).astype(int)
+    cut_w = np.floor(width * np.sqrt(1 - lam)).astype(int)
+    cy, cx = (centre[:, 0] * height).astype(int), (centre[:, 1] * width).astype(int)
+    top, bottom = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h - cut_h // 2, 0, height)
+    left, right = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w - cut_w // 2, 0, width)
+    ys, xs = torch.arange(height).view(1, -1, 1), torch.arange(width).view(1, 1, -1)
+    inside = ((ys >= torch.as_tensor(top).view(-1, 1, 1)) & (ys < torch.as_tensor(bottom).view(-1, 1, 1))
+              & (xs >= torch.as_tensor(left).view(-1, 1, 1)) & (xs < torch.as_tensor(right).view(-1, 1, 1)))
+    return inside[:, None].float()
 
 
 class TransferViews(Dataset):
@@ -191,7 +244,8 @@ class TransferViews(Dataset):
     ``(image, label, i, row, partner_label, label_weight)`` (see the module docstring).
 
     Without an augmentation there is one view, the image itself (row ``i`` is image ``i``, weight 1).
-    ``labeled``: the rows whose labels the run may use; their mixing partners are drawn among them.
+    ``labeled``: the rows whose labels the run may use; their mixing partners are drawn among them. A DataLoader
+    reads whole batches through :meth:`__getitems__`, which makes the batch's views in a few tensor operations.
     """
 
     def __init__(self, base: Dataset, augmentation: Augmentation | None = None, seed: int = 0,
@@ -203,9 +257,9 @@ class TransferViews(Dataset):
         self.images = len(base)
         if labeled is None and isinstance(base, RelabeledImages) and base.visible is not None:
             labeled = sorted(base.visible)
-        self.labeled = np.asarray(sorted(labeled) if labeled is not None else [], dtype=np.int64)
-        self._is_labeled = np.zeros(self.images, dtype=bool)
-        self._is_labeled[self.labeled] = True
+        self.is_labeled = np.zeros(self.images, dtype=bool)
+        self.is_labeled[np.asarray(list(labeled) if labeled is not None else [], dtype=np.int64)] = True
+        self._params: dict[tuple[int, int], ViewParams] = {}  # by image size, drawn when first needed
 
     def __len__(self) -> int:
         return self.images * self.views
@@ -218,33 +272,43 @@ class TransferViews(Dataset):
         return None if self.augmentation is None else {**self.augmentation.to_dict(), "seed": self.seed}
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int, int, int, float]:
-        view, index = divmod(int(row), self.images)
-        image, label = self.base[index]
+        return self.__getitems__([row])[0]
+
+    def __getitems__(self, rows: Sequence[int]) -> list[tuple[torch.Tensor, int, int, int, int, float]]:
+        rows = np.asarray([int(r) for r in rows], dtype=np.int64)
+        indices = rows % self.images
+        items = [self.base[int(i)] for i in indices]
+        labels = [int(label) for _, label in items]
         aug = self.augmentation
         if aug is None:
-            return image, label, index, int(row), label, 1.0
-        rng = np.random.default_rng([self.seed, index, view, _STREAM])
-        image = self._crop_and_flip(image, rng)
-        partner, weight = label, 1.0
+            return [(image, label, int(i), int(r), label, 1.0) for (image, label), i, r in zip(items, indices, rows)]
+        images = torch.stack([torch.as_tensor(image) for image, _ in items]).float()
+        height, width = images.shape[-2:]
+        params = self._params.get((height, width))
+        if params is None:
+            params = self._params[(height, width)] = ViewParams.draw(aug, self.images, height, width, self.seed,
+                                                                      self.is_labeled)
+        pick = (lambda array: None if array is None else array[rows])  # noqa: E731
+        images = crop_and_flip(images, pick(params.box), params.flip[rows]) if aug.crop or aug.flip else images
+        partners, weights = list(labels), [1.0] * len(rows)
         if aug.mixes:
-            pool = self.labeled if self._is_labeled[index] else None
-            other = int(pool[rng.integers(len(pool))] if pool is not None else rng.integers(self.images))
-            second, partner = self.base[other]
-            second = self._crop_and_flip(second, rng)
-            use_cutmix = aug.cutmix and (not aug.mixup or rng.random() < 0.5)
-            alpha = aug.cutmix_alpha if use_cutmix else aug.mixup_alpha
-            lam = float(rng.beta(alpha, alpha))
-            lam = max(lam, 1.0 - lam)
-            box = cutmix_box(rng, *image.shape[-2:], 1.0 - lam) if use_cutmix else None
-            image, weight = mix_images(image, second, lam, box)
-            if label == UNLABELED or partner == UNLABELED:
-                label = partner = UNLABELED
-        return image, label, index, int(row), partner, float(weight)
-
-    def _crop_and_flip(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        aug = self.augmentation
-        box = random_resized_box(rng, *image.shape[-2:], aug.crop_scale) if aug.crop else None
-        return crop_and_flip(image, box, bool(aug.flip and rng.random() < 0.5))
+            seconds = [self.base[int(j)] for j in params.partner[rows]]
+            second = torch.stack([torch.as_tensor(image) for image, _ in seconds]).float()
+            second = crop_and_flip(second, pick(params.partner_box), params.partner_flip[rows]) \
+                if aug.crop or aug.flip else second
+            lam = params.lam[rows]
+            mask = cutmix_masks(lam, params.cut_centre[rows], height, width)
+            cut = torch.from_numpy(params.cutmix[rows]).view(-1, 1, 1, 1)
+            mixup = torch.as_tensor(lam, dtype=images.dtype).view(-1, 1, 1, 1)
+            images = torch.where(cut, images * (1 - mask) + second * mask, mixup * images + (1 - mixup) * second)
+            shares = 1.0 - mask.mean(dim=(1, 2, 3)).numpy()
+            weights = np.where(params.cutmix[rows], shares, lam).tolist()
+            partners = [int(label) for _, label in seconds]
+            for b in range(len(rows)):
+                if labels[b] == UNLABELED or partners[b] == UNLABELED:
+                    labels[b] = partners[b] = UNLABELED
+        return [(images[b].clamp(0, 1), labels[b], int(indices[b]), int(rows[b]), partners[b], float(weights[b]))
+                for b in range(len(rows))]
 
 
 class ViewSampler(Sampler[int]):

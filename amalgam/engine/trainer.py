@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 EpochCallback = Callable[[dict], None]
 LOG_EVERY = 20  # batches between reads of the running loss for the progress bar (each read waits for the device)
 
-__all__ = ["EpochCallback", "TrainConfig", "Trainable", "parameter_groups", "train"]
+__all__ = ["EpochCallback", "TrainConfig", "Trainable", "parameter_groups", "probe", "train"]
 
 
 class Trainable(nn.Module):
@@ -114,9 +114,9 @@ def train(
         signals = None  # the method runs the teachers itself, or has none
     stages = resolve_stages(model, needs.student_stages)
     trainable = Trainable(model, method, stages, needs.student_parts)
-    probe = _probe(trainable, signals, transfer) if needs.taps_features else {}
+    probed = probe(trainable, signals, transfer) if needs.taps_features else {}
     method.setup(Setup(labeled, list(transfer_logits) if transfer_logits is not None else None, model, stages,
-                       **probe))
+                       **probed))
     method_parameters = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups(model, method_parameters, config), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -257,7 +257,7 @@ def _mean_over_processes(accelerator: Accelerator, sums: dict[str, float]) -> di
 
 
 @torch.no_grad()
-def _probe(trainable: Trainable, signals: TeacherSignals | None, transfer: Dataset) -> dict:
+def probe(trainable: Trainable, signals: TeacherSignals | None, transfer: Dataset) -> dict:
     """The student's stage outputs and the teachers' outputs on two transfer samples, for :class:`Setup`
     (before the method's parts are optimised, so it can size its adapters)."""
     images = torch.stack([transfer[i][0] for i in range(min(2, len(transfer)))])

@@ -435,8 +435,10 @@ def _compute(teacher: Teacher, taps: list[str], data: Dataset, rows: range, path
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
-    loader = DataLoader(Subset(data, rows) if len(rows) != len(data) else data, batch_size=run.batch_size,
-                        shuffle=False, num_workers=run.num_workers, pin_memory=teacher.device.type == "cuda")
+    # the teacher's own view of each image is made where the image is decoded (in the workers, when there are)
+    loader = DataLoader(TeacherInputs(Subset(data, rows) if len(rows) != len(data) else data, teacher.input_spec),
+                        batch_size=run.batch_size, shuffle=False, num_workers=run.num_workers,
+                        pin_memory=teacher.device.type == "cuda")
     bar = tqdm(loader, desc=f"teacher {teacher.name}", disable=not run.progress, leave=False)
     autocast = torch.autocast(teacher.device.type, dtype=torch.bfloat16 if run.mixed_precision == "bf16"
                               else torch.float16, enabled=run.mixed_precision != "no")
@@ -445,7 +447,7 @@ def _compute(teacher: Teacher, taps: list[str], data: Dataset, rows: range, path
     try:
         for batch in bar:
             with autocast:
-                out = teacher(batch[0], taps=taps)
+                out = teacher.run_prepared(batch, taps=taps)
             logits = out.logits.float().cpu().numpy()
             features = [out.features[t].to(torch.float16).cpu() for t in taps]
             if writer is None:  # the first batch tells the shapes: size the cache before writing any of it
@@ -470,6 +472,19 @@ def _compute(teacher: Teacher, taps: list[str], data: Dataset, rows: range, path
     finally:
         bar.close()
     return meta
+
+
+class TeacherInputs(Dataset):
+    """The images of ``data`` as one teacher takes them (``spec`` applied to each image)."""
+
+    def __init__(self, data: Dataset, spec: Any) -> None:
+        self.data, self.spec = data, spec
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.spec(torch.as_tensor(self.data[index][0])[None])[0]
 
 
 def _arrow_features(meta: dict[str, Any], taps: list[str]) -> Any:

@@ -99,9 +99,14 @@ class Teacher(FrozenModel):
             "classes": self.class_names,
         }
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor, taps: Sequence[str] = ()) -> TeacherOutput:
-        x = self.input_spec(images.to(self.device, non_blocking=True))
+        return self.run_prepared(self.input_spec(images.to(self.device, non_blocking=True)), taps)
+
+    @torch.no_grad()
+    def run_prepared(self, x: torch.Tensor, taps: Sequence[str] = ()) -> TeacherOutput:
+        """The teacher on a batch already in its own input (``input_spec`` applied, for example per image in
+        DataLoader workers, as the knowledge cache does)."""
+        x = x.to(self.device, non_blocking=True)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         hidden = [t for t in taps if self.library == "transformers" and t.startswith(HIDDEN_STATE_TAP)]
