@@ -15,6 +15,7 @@ by the method (the target the student learns) get the test image right: the ceil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -40,10 +41,11 @@ class Row:
     labeled_fraction: float
     reference: bool
     options: tuple[tuple[str, Any], ...] = ()  # method options other than the defaults
+    augment: str = ""  # consistent augmentation (amalgam.data.augment), "" for none
 
 
 def rows_for(methods: Sequence[str] | None = None, references: bool = True,
-             options: dict[str, Any] | None = None, teachers: Sequence | None = None) -> list[Row]:
+             options: dict[str, Any] | None = None, teachers: Sequence | None = None, augment: str = "") -> list[Row]:
     """The references, then every registered amalgamation method (or those named), at the 2% labeled fraction;
     with ``options``, the named methods with those options, labelled ``method (key=value, ...)``. A method made
     for runs without labels (``needs().label_free``, asked of it built on ``teachers``, default the digits demo
@@ -63,19 +65,22 @@ def rows_for(methods: Sequence[str] | None = None, references: bool = True,
     def label_free(name: str) -> bool:
         return create_method(name, space, teachers, dict(options or {})).needs().label_free
 
-    return rows + [Row(name + suffix, name, 0.0 if label_free(name) else LABELED_FRACTION,
-                       name == "concat-logits", tuple((options or {}).items())) for name in names]
+    rows += [Row(name + suffix, name, 0.0 if label_free(name) else LABELED_FRACTION,
+                 name == "concat-logits", tuple((options or {}).items())) for name in names]
+    if not augment:
+        return rows
+    return [dataclasses.replace(row, label=f"{row.label} + augment {augment}", augment=augment) for row in rows]
 
 
 def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = None,
                 methods: Sequence[str] | None = None, progress: bool = True, references: bool = True,
-                options: dict[str, Any] | None = None) -> dict:
+                options: dict[str, Any] | None = None, augment: str = "") -> dict:
     """Train every row for every seed; return all numbers."""
     teachers = [load_teacher(folder) for folder in setting.teacher_folders(progress=progress)]
     data = setting.data()
     budget = setting.budget
     epochs = epochs or budget.epochs
-    rows = rows_for(methods, references, options, teachers)
+    rows = rows_for(methods, references, options, teachers, augment)
     runs: dict[str, list[dict]] = {row.label: [] for row in rows}
     teacher_metrics = None
     jobs = [(row, seed) for row in rows for seed in seeds]
@@ -83,7 +88,7 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
         started = time.perf_counter()
         result = amalgamate(teachers, student=STUDENT, data=data, method=row.method, method_options=dict(row.options),
                             labeled_fraction=row.labeled_fraction, epochs=epochs, batch_size=budget.batch_size,
-                            lr=budget.lr, seed=seed, progress=False)
+                            lr=budget.lr, seed=seed, augment=row.augment, progress=False)
         metrics = result.metrics
         teacher_metrics = teacher_metrics or {k: metrics[k] for k in ("teachers", "ensemble", "oracle", "concatenated")}
         runs[row.label].append({
@@ -101,7 +106,7 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
         "class_names": list(result.label_space.class_names),
         "teachers": [t.describe() | {"parameters": t.num_parameters} for t in teachers],
         "teacher_metrics": teacher_metrics,
-        "rows": [{"label": r.label, "method": r.method, "options": dict(r.options),
+        "rows": [{"label": r.label, "method": r.method, "options": dict(r.options), "augment": r.augment,
                   "labeled_fraction": r.labeled_fraction, "reference": r.reference, "runs": runs[r.label]}
                  for r in rows],
     }
@@ -113,7 +118,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def table(results: dict) -> str:
     """The markdown table of a :func:`run_setting` result."""
-    seeds = len(results["rows"][0]["runs"])
+    seeds = max(len(row["runs"]) for row in results["rows"])  # a row run with fewer seeds says so
     lines = [
         f"| row | kind | labels the student saw | accuracy (mean ± std, {seeds} seeds) | its target's accuracy "
         "| wall time per run (s) |",
@@ -126,7 +131,9 @@ def table(results: dict) -> str:
         labels = {1.0: "all", 0.0: "none"}.get(row["labeled_fraction"], f"{row['labeled_fraction']:.0%}")
         targets = [r["target_accuracy"] for r in row["runs"] if r.get("target_accuracy") is not None]
         target = f"{statistics.fmean(targets):.4f}" if targets else "—"
-        lines.append(f"| {row['label']} | {kind} | {labels} | {mean:.4f} ± {std:.4f} | {target} | {seconds:.0f} |")
+        count = "" if len(row["runs"]) == seeds else f" ({len(row['runs'])} seed{'s' if len(row['runs']) > 1 else ''})"
+        lines.append(f"| {row['label']} | {kind} | {labels} | {mean:.4f} ± {std:.4f}{count} | {target} "
+                     f"| {seconds:.0f} |")
     tm = results["teacher_metrics"]
     for label, value in (("teacher oracle", tm["oracle"]["accuracy"]),
                          ("teachers' concatenated logits (one classifier)", tm["concatenated"]["accuracy"]),
@@ -191,7 +198,7 @@ def _confusion_plot(results: dict, path: Path) -> None:
 def write_report(results: dict, out: Path = RESULTS) -> Path:
     """Write the table, the numbers and the plots; return the markdown file."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"quality-{results['setting']}"
+    stem = out / report_name(results["setting"], results["budget"]["epochs"])
     budget = results["budget"]
     teachers = ", ".join(f"{t['name']} ({t['library']} {t['architecture']}, {len(t['classes'])} classes)"
                          for t in results["teachers"])
@@ -199,7 +206,9 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         f"# Quality: {results['setting']}\n\n"
         f"Student `{results['student']}`, {budget['epochs']} epochs, batch {budget['batch_size']}, lr {budget['lr']} "
         f"({budget['optimizer']}) for every row. Teachers: {teachers}. Accuracy on the whole test split.\n"
-        f"Regenerate: `python -m bench.quality --setting {results['setting']}`.\n\n"
+        f"Regenerate: `python -m bench.quality --setting {results['setting']}"
+        f"{'' if stem.name == 'quality-' + results['setting'] else ' --epochs ' + str(budget['epochs'])}` "
+        "(rows with `+ augment NAMES`: add `--augment NAMES --merge`).\n\n"
     )
     stem.with_suffix(".md").write_text(header + table(results) + f"\n\n![bars]({stem.name}.png)\n"
                                        f"![confusion]({stem.name}-confusion.png)\n")
@@ -207,6 +216,11 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
     _bar_plot(results, stem.with_suffix(".png"))
     _confusion_plot(results, stem.parent / f"{stem.name}-confusion.png")
     return stem.with_suffix(".md")
+
+
+def report_name(setting: str, epochs: int) -> str:
+    """``quality-<setting>`` at the setting's budget; ``quality-<setting>-<epochs>ep`` at another one."""
+    return f"quality-{setting}" if epochs == SETTINGS[setting].budget.epochs else f"quality-{setting}-{epochs}ep"
 
 
 def merge_rows(previous: dict, new: dict) -> dict:
@@ -229,14 +243,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--merge", action="store_true",
                         help="add these rows to (or replace them in) the setting's existing results instead of "
                              "starting a new table (with --methods)")
+    parser.add_argument("--augment", default="", metavar="NAMES",
+                        help="consistent augmentation for every row (crop, flip, mixup, cutmix); the references "
+                             "are run with it too, and rows are labelled '+ augment NAMES'")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
     if args.options and not methods:
         parser.error("--options needs --methods")
     results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods,
-                          references=not args.merge, options=args.options)
-    previous = args.out / f"quality-{args.setting}.json"
+                          references=not args.merge or bool(args.augment), options=args.options, augment=args.augment)
+    previous = args.out / (report_name(args.setting, results["budget"]["epochs"]) + ".json")
     if args.merge and previous.exists():
         new_rows = {row["label"] for row in results["rows"]}
         results = merge_rows(json.loads(previous.read_text()), results)

@@ -182,10 +182,10 @@ def train(
         for batch, (images, labels, indices, rows, partners, label_weights) in enumerate(bar, start=skip):
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
-            teacher_outputs = signals(images, rows) if signals is not None else []
             mix = LabelMix(partners, label_weights) if mixes else None
             with accelerator.accumulate(wrapped):
-                with accelerator.autocast():
+                with accelerator.autocast():  # live teachers too run in the run's mixed precision
+                    teacher_outputs = signals(images, rows) if signals is not None else []
                     losses = wrapped(Batch(images, labels, indices, teacher_outputs, rows, mix))
                     loss = sum(losses.values())
                 in_short_group = short_group and batch >= batches - short_group
