@@ -344,7 +344,8 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         f"Command: `{results['command']}` ({results['machine']}; one process, variants interleaved, medians; "
         f"load average {results['load_average']:.1f} when it started: other work shares the cores, so read the "
         "ratios, not the absolute times). Every row here was measured on this CPU machine; the GPU path is "
-        "[gpu-check.md](gpu-check.md) (`python -m bench.gpu_check`, run only where a GPU is lent).",
+        + ("[gpu-check.md](gpu-check.md)" if (out / "gpu-check.md").exists() else
+           "checked by `python -m bench.gpu_check` where a GPU is lent (not yet run: no GPU was lent)") + ".",
         "",
         f"## A folder of 224 px JPEG files ({build['images']} Fashion-MNIST images), EfficientNet-Lite0 teacher",
         "",
