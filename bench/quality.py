@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -74,8 +74,10 @@ def rows_for(methods: Sequence[str] | None = None, references: bool = True,
 
 def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = None,
                 methods: Sequence[str] | None = None, progress: bool = True, references: bool = True,
-                options: dict[str, Any] | None = None, augment: str = "") -> dict:
-    """Train every row for every seed; return all numbers."""
+                options: dict[str, Any] | None = None, augment: str = "",
+                on_run: Callable[[dict], None] | None = None) -> dict:
+    """Train every row for every seed; return all numbers. ``on_run`` gets the numbers so far (the rows with at
+    least one finished run) after each run, so an interrupted benchmark keeps what it measured."""
     teachers = [load_teacher(folder) for folder in setting.teacher_folders(progress=progress)]
     data = setting.data()
     budget = setting.budget
@@ -98,6 +100,14 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
         })
         if progress:
             tqdm.write(f"{row.label:<28} seed {seed}  accuracy {metrics['student']['accuracy']:.4f}")
+        if on_run is not None:
+            on_run(_numbers(setting, epochs, teachers, result, teacher_metrics, rows, runs))
+    return _numbers(setting, epochs, teachers, result, teacher_metrics, rows, runs)
+
+
+def _numbers(setting: Setting, epochs: int, teachers: Sequence, result: Any, teacher_metrics: dict,
+             rows: Sequence[Row], runs: dict[str, list[dict]]) -> dict:
+    budget = setting.budget
     return {
         "setting": setting.name,
         "student": STUDENT,
@@ -108,7 +118,7 @@ def run_setting(setting: Setting, seeds: Sequence[int], epochs: int | None = Non
         "teacher_metrics": teacher_metrics,
         "rows": [{"label": r.label, "method": r.method, "options": dict(r.options), "augment": r.augment,
                   "labeled_fraction": r.labeled_fraction, "reference": r.reference, "runs": runs[r.label]}
-                 for r in rows],
+                 for r in rows if runs[r.label]],
     }
 
 
@@ -246,18 +256,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--augment", default="", metavar="NAMES",
                         help="consistent augmentation for every row (crop, flip, mixup, cutmix); the references "
                              "are run with it too, and rows are labelled '+ augment NAMES'")
+    parser.add_argument("--no-references", action="store_true",
+                        help="leave out the supervised reference rows (with --augment they are run otherwise)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
     if args.options and not methods:
         parser.error("--options needs --methods")
+    epochs = args.epochs or SETTINGS[args.setting].budget.epochs
+    previous = args.out / (report_name(args.setting, epochs) + ".json")
+    before = json.loads(previous.read_text()) if args.merge and previous.exists() else None
+
+    def report(results: dict) -> Path:  # after every run: an interrupted benchmark keeps its finished rows
+        return write_report(merge_rows(before, results) if before is not None else results, args.out)
+
     results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods,
-                          references=not args.merge or bool(args.augment), options=args.options, augment=args.augment)
-    previous = args.out / (report_name(args.setting, results["budget"]["epochs"]) + ".json")
-    if args.merge and previous.exists():
-        new_rows = {row["label"] for row in results["rows"]}
-        results = merge_rows(json.loads(previous.read_text()), results)
-        print(f"merged rows {sorted(new_rows)} into {previous}")
+                          references=not args.no_references and (not args.merge or bool(args.augment)),
+                          options=args.options, augment=args.augment, on_run=report)
+    if before is not None:
+        print(f"merged rows {sorted(row['label'] for row in results['rows'])} into {previous}")
+        results = merge_rows(before, results)
     path = write_report(results, args.out)
     print(table(results))
     print(f"\nwritten: {path}")

@@ -11,8 +11,17 @@ over the file, so a run never reads a multi-gigabyte cache twice. :func:`check_f
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("amalgam.knowledge.cache")
+
+ARROW_FILE = "knowledge.arrow"
+KEY_FILE = "key.json"
+PARTIAL_PREFIX = ".partial-"  # a cache being written: never read
 
 BLOCK_BYTES = 1 << 24  # 16 MiB: a 1 GB cache has 60 digests in its key.json
 FULL_CHECK_BLOCKS = 16  # files up to 256 MiB are checked whole on every open
@@ -61,3 +70,32 @@ def check_file(path: Path, recorded: dict[str, Any] | None, full: bool = False) 
             if _block_digest(f.read(block_bytes)) != digests[index]:
                 return f"block {index + 1} of {len(digests)} of {path.name} does not match its checksum"
     return None
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    """A cache folder's ``key.json``, or ``None`` when it is missing or unreadable."""
+    try:
+        return json.loads((folder / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(folder: Path, size: int) -> bool:
+    """Whether ``folder`` is a finished, undamaged cache of ``size`` rows (only renamed-into-place folders exist;
+    a damaged one is removed, with a warning, to be computed again)."""
+    meta = read_meta(folder)
+    if meta is None:
+        if folder.exists():  # not ours, or damaged by hand: recompute rather than trust it
+            logger.warning("knowledge cache: %s is unreadable; computing it again", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        return False
+    if meta.get("samples") != size or not (folder / ARROW_FILE).is_file():
+        logger.warning("knowledge cache: %s does not match its key; computing it again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    problem = check_file(folder / ARROW_FILE, meta.get("arrow"))
+    if problem is not None:
+        logger.warning("knowledge cache: %s is damaged (%s); computing it again", folder, problem)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    return True
