@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.distributed
 
-from amalgam.knowledge.cache import ARROW_FILE, KEY_FILE, PARTIAL_PREFIX, _shard
+from amalgam.knowledge.cache import ARROW_FILE, KEY_FILE, PARTIAL_PREFIX
+from amalgam.knowledge.writer import _shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sharded_cache_setup import BATCH, build  # noqa: E402
