@@ -19,7 +19,7 @@ from amalgam.engine.checkpoint import CheckpointError
 from amalgam.errors import DataError
 from amalgam.knowledge import KnowledgeCache
 from amalgam.knowledge.cache import data_fingerprint
-from tests.tiny import tiny_teacher
+from tiny import tiny_teacher
 
 
 def _images(count: int = 12, side: int = 8) -> TensorImages:
