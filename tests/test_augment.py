@@ -138,6 +138,9 @@ def test_the_cache_stores_every_view_and_its_key_follows_the_augmentation(tmp_pa
         TransferViews(images, Augmentation.parse("crop", views=3), seed=0), TransferViews(images))}
     assert len(digests) == 5
     assert data_fingerprint(TransferViews(images), "blank") == data_fingerprint(images, "blank")  # old keys hold
+    mixed = [TransferViews(images, Augmentation.parse("mixup"), labeled=rows) for rows in ([0, 1], [0, 2])]
+    assert not torch.equal(mixed[0][1][0], mixed[1][1][0])  # another labeled set: other partners, other views
+    assert data_fingerprint(mixed[0], "blank") != data_fingerprint(mixed[1], "blank")
 
 
 @pytest.mark.parametrize("method", ["soft-targets", "supervised"])

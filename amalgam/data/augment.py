@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
@@ -269,7 +270,12 @@ class TransferViews(Dataset):
 
     def describe(self) -> dict[str, Any] | None:
         """What the views depend on (``None`` without augmentation), for the knowledge cache's key."""
-        return None if self.augmentation is None else {**self.augmentation.to_dict(), "seed": self.seed}
+        if self.augmentation is None:
+            return None
+        described = {**self.augmentation.to_dict(), "seed": self.seed}
+        if self.augmentation.mixes:  # mixing partners are drawn among the labeled rows: they shape the views
+            described["labeled"] = hashlib.blake2b(np.flatnonzero(self.is_labeled).tobytes(), digest_size=8).hexdigest()
+        return described
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int, int, int, float]:
         return self.__getitems__([row])[0]
