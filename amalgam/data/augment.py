@@ -116,9 +116,6 @@ class Augmentation:
                 described[key] = list(getattr(self, key)) if key == "crop_scale" else getattr(self, key)
         return described
 
-    def describe(self) -> str:
-        return "; ".join(AUGMENTATIONS[name] for name in self.names) + f"; {self.views} views per image"
-
 
 @dataclass(frozen=True)
 class LabelMix:
