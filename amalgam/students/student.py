@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+import numpy as np  # noqa: F401 (the doctests use it)
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
@@ -158,7 +158,6 @@ class Student(
             return members[0]
         return torch.stack([z.softmax(dim=-1) for z in members]).mean(dim=0).clamp_min(1e-12).log()
 
-    @torch.no_grad()
     @torch.no_grad()
     def predict(self, images: torch.Tensor | Picture | Sequence[Picture], top_k: int = 5
                 ) -> list[list[tuple[str, float]]]:
