@@ -234,11 +234,26 @@ def report_name(setting: str, epochs: int) -> str:
 
 
 def merge_rows(previous: dict, new: dict) -> dict:
-    """``previous`` with ``new``'s rows added, or replacing those of the same label (same setting and budget)."""
+    """``previous`` with ``new``'s rows added; a row of the same label (same setting and budget) gets the new runs,
+    which replace its runs of the same seeds and join those of other seeds."""
     if (previous["setting"], previous["budget"]) != (new["setting"], new["budget"]):
         raise SystemExit(f"--merge: {previous['setting']} {previous['budget']} was run with another setting or budget")
+    if previous["teacher_metrics"] != new["teacher_metrics"]:  # retrained teachers: the rows would not compare
+        raise SystemExit("--merge: the teachers score otherwise than in the table merged into (teacher oracle "
+                         f"{previous['teacher_metrics']['oracle']['accuracy']:.4f} there, "
+                         f"{new['teacher_metrics']['oracle']['accuracy']:.4f} now): rerun the table's rows "
+                         "or write to another --out")
     fresh = {row["label"]: row for row in new["rows"]}
-    rows = [fresh.pop(row["label"], row) for row in previous["rows"]] + list(fresh.values())
+
+    def merged(row: dict) -> dict:  # runs of other seeds are kept, so seeds can be run in separate sittings
+        if row["label"] not in fresh:
+            return row
+        update = fresh.pop(row["label"])
+        seeds = {run["seed"] for run in update["runs"]}
+        kept = [run for run in row["runs"] if run["seed"] not in seeds]
+        return {**update, "runs": sorted(kept + update["runs"], key=lambda run: run["seed"])}
+
+    rows = [merged(row) for row in previous["rows"]] + list(fresh.values())
     return {**previous, "rows": rows}
 
 
@@ -246,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="digits-split")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="run seeds first-seed ... first-seed+seeds-1 (with --merge, to add seeds to rows)")
     parser.add_argument("--epochs", type=int, help="override the setting's budget (every row alike)")
     parser.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     parser.add_argument("--options", type=json.loads, help="JSON method options for the named methods' rows, e.g. "
@@ -256,8 +273,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--augment", default="", metavar="NAMES",
                         help="consistent augmentation for every row (crop, flip, mixup, cutmix); the references "
                              "are run with it too, and rows are labelled '+ augment NAMES'")
-    parser.add_argument("--no-references", action="store_true",
-                        help="leave out the supervised reference rows (with --augment they are run otherwise)")
+    parser.add_argument("--references", action=argparse.BooleanOptionalAction,
+                        help="run the supervised reference rows (default: yes, except with --merge without "
+                             "--augment)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
@@ -270,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     def report(results: dict) -> Path:  # after every run: an interrupted benchmark keeps its finished rows
         return write_report(merge_rows(before, results) if before is not None else results, args.out)
 
-    results = run_setting(SETTINGS[args.setting], seeds=range(args.seeds), epochs=args.epochs, methods=methods,
-                          references=not args.no_references and (not args.merge or bool(args.augment)),
+    results = run_setting(SETTINGS[args.setting], seeds=range(args.first_seed, args.first_seed + args.seeds),
+                          epochs=args.epochs, methods=methods,
+                          references=args.references if args.references is not None else not args.merge or bool(args.augment),
                           options=args.options, augment=args.augment, on_run=report)
     if before is not None:
         print(f"merged rows {sorted(row['label'] for row in results['rows'])} into {previous}")
