@@ -34,11 +34,12 @@ def triplet_votes(features: Sequence[torch.Tensor], normalize: bool = True) -> t
     for g in features:
         d = squared_distances(g, normalize)
         votes = torch.sign(d[:, None, :] - d[:, :, None])  # [a, i, j] = sign(d(a, j) - d(a, i))
-        total = votes if total is None else total + votes
-    batch = total.shape[0]
-    eye = torch.eye(batch, dtype=torch.bool, device=total.device)
-    distinct = ~(eye[:, :, None] | eye[:, None, :] | eye[None, :, :])
-    return torch.where(distinct, total, torch.zeros_like(total))
+        total = votes if total is None else total.add_(votes)
+    # i == j gives sign(0) = 0 already; the anchor's own rows and columns (a == i, a == j) are zeroed in place
+    anchor = torch.arange(total.shape[0], device=total.device)
+    total[anchor, anchor, :] = 0.0
+    total[anchor, :, anchor] = 0.0
+    return total
 
 def squared_distances(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """``B x B`` squared Euclidean distances between the rows of ``features`` (flattened, L2-normalised first
@@ -51,7 +52,9 @@ def squared_distances(features: torch.Tensor, normalize: bool = True) -> torch.T
     g = features.flatten(1).float()
     if normalize:
         g = F.normalize(g, dim=1)
-    return (g[:, None, :] - g[None, :, :]).pow(2).sum(-1)
+    # |a|^2 + |b|^2 - 2ab: one B x B matrix product, where the differences would make a B x B x D tensor
+    squares = (g * g).sum(1)
+    return (squares[:, None] + squares[None, :] - 2.0 * g @ g.T).clamp(min=0.0)
 
 def relative_dissimilarity_loss(student_features: torch.Tensor, votes: torch.Tensor, num_teachers: int,
                                 margin: float = 0.1, normalize: bool = True, vote: str = "hard") -> torch.Tensor:
@@ -69,16 +72,13 @@ def relative_dissimilarity_loss(student_features: torch.Tensor, votes: torch.Ten
     """
     d = squared_distances(student_features, normalize)
     hinge = (d[:, :, None] - d[:, None, :] + margin).clamp(min=0.0)  # [a, i, j]: d(a, i) - d(a, j) + margin
+    if vote not in ("hard", "soft"):
+        raise ValueError(f"vote must be 'hard' or 'soft', got {vote!r}")
     voted = votes > 0
     if not voted.any():
         return student_features.sum() * 0.0
-    if vote == "soft":
-        weights = votes.abs() / num_teachers
-    elif vote == "hard":
-        weights = torch.ones_like(votes)
-    else:
-        raise ValueError(f"vote must be 'hard' or 'soft', got {vote!r}")
-    return (hinge * weights * voted).sum() / voted.sum()
+    weighted = hinge * (votes.abs() / num_teachers) if vote == "soft" else hinge
+    return torch.where(voted, weighted, 0.0).sum() / voted.sum()
 
 
 @register_method
