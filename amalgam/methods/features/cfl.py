@@ -12,7 +12,7 @@ from torch import nn
 from amalgam.errors import MethodError
 from amalgam.methods.base import Needs, Setup, StepInputs
 from amalgam.methods.losses import feature_reconstruction
-from amalgam.methods.features.layers import LayerOptions, LayerPairs, adapter, as_map, common_map
+from amalgam.methods.features.layers import Conv3x3, LayerOptions, LayerPairs, adapter, as_map, common_map
 from amalgam.methods.registry import register_method
 from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
@@ -59,8 +59,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv3x3(in_channels, out_channels), nn.ReLU(), Conv3x3(out_channels, out_channels),
         )
         self.shortcut = nn.Identity() if in_channels == out_channels else adapter(in_channels, out_channels)
 
@@ -81,7 +80,7 @@ class CommonFeatureBlock(nn.Module):
         widths = [2 * hidden] + [hidden] * blocks
         self.extractor = nn.Sequential(*(ResidualBlock(a, b) for a, b in zip(widths, widths[1:])))
         self.decoders = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(hidden, w, 3, padding=1), nn.ReLU(), adapter(w, w)) for w in teacher_widths
+            nn.Sequential(Conv3x3(hidden, w), nn.ReLU(), adapter(w, w)) for w in teacher_widths
         )
 
     def student_code(self, student_map: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 from amalgam.errors import MethodError
 from amalgam.methods.base import Needs, Setup, StepInputs
 from amalgam.methods.losses import normalized_distance
-from amalgam.methods.features.layers import LayerOptions, LayerPairs, as_map, common_map
+from amalgam.methods.features.layers import Conv3x3, LayerOptions, LayerPairs, as_map, common_map
 from amalgam.methods.registry import register_method
 from amalgam.methods.targets.soft_targets import SoftTargets
 from amalgam.teachers.label_space import LabelSpace
@@ -27,7 +27,7 @@ class Translator(nn.Sequential):
         super().__init__(*(
             layer
             for a, b in zip(widths, widths[1:])
-            for layer in (nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+            for layer in (Conv3x3(a, b, bias=False), nn.BatchNorm2d(b), nn.ReLU())
         ))
 
 
