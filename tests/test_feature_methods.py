@@ -12,8 +12,8 @@ from amalgam.errors import MethodError, StudentError
 from amalgam.methods import StepInputs, create_method
 from amalgam.methods.base import Setup
 from amalgam.methods.features.cfl import MMD_SIGMAS, multi_kernel_mmd
-from amalgam.methods.features.dissimilarity import relative_dissimilarity_loss, triplet_votes
-from amalgam.methods.features.layers import feature_vector
+from amalgam.methods.features.dissimilarity import relative_dissimilarity_loss, squared_distances, triplet_votes
+from amalgam.methods.features.layers import Conv3x3, feature_vector
 from amalgam.students.stages import resolve_stages
 from amalgam.teachers import LabelSpace
 
@@ -60,6 +60,31 @@ def test_voting_with_identical_teachers_equals_the_single_teacher_ordering():
         single = relative_dissimilarity_loss(student, one, 1, margin=0.1, vote=vote)
         assert relative_dissimilarity_loss(student, three, 3, margin=0.1, vote=vote).item() == pytest.approx(
             single.item())
+
+
+def test_distances_between_wide_features_never_make_a_batch_x_batch_x_width_tensor():
+    g = torch.randn(128, 4096)
+    with torch.profiler.profile(profile_memory=True) as prof:
+        d = squared_distances(g)
+    peak = max(event.self_cpu_memory_usage for event in prof.key_averages())
+    assert peak < 8 * 2**20  # the differences alone would be 128 x 128 x 4096 floats = 256 MiB
+    n = torch.nn.functional.normalize(g, dim=1)
+    assert torch.allclose(d, (n[:, None] - n[None]).pow(2).sum(-1), atol=1e-5)
+
+
+def test_a_3x3_convolution_on_a_1x1_map_does_a_ninth_of_the_work_with_the_same_gradients():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = Conv3x3(64, 32)
+    x = torch.randn(8, 64, 1, 1, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        conv(x).square().sum().backward()
+    assert counter.get_total_flops() * 9 <= 2 * 8 * 64 * 32 * 9 * 3  # forward + 2 backward, centre taps only
+    reference = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    grad_weight, grad_input = conv.weight.grad.clone(), x.grad.clone()
+    conv.weight.grad, x.grad = None, None
+    reference.square().sum().backward()
+    assert torch.allclose(grad_weight, conv.weight.grad, atol=1e-5) and torch.allclose(grad_input, x.grad, atol=1e-5)
 
 
 def test_relative_dissimilarity_by_hand():
