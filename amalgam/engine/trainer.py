@@ -19,7 +19,8 @@ from amalgam.engine.checkpoint import (
 )
 from amalgam.errors import RunCancelled
 from amalgam.data.augment import LabelMix, TransferViews, ViewSampler
-from amalgam.knowledge import TeacherSignals
+from amalgam.knowledge import LiveSignals, TeacherSignals
+from amalgam.knowledge.inputs import InputSpec, WithTeacherInputs
 from amalgam.methods.base import Batch, LabeledSet, Method, Setup, StudentForward
 from amalgam.parallel import mean_over_processes
 from amalgam.students.stages import part_modules, resolve_stages, stage_modules
@@ -108,10 +109,13 @@ def train(
     shuffling = torch.Generator().manual_seed(config.seed)
     views = TransferViews(transfer, config.augmentation, config.seed)
     sampler = ViewSampler(views, shuffling, config.seed)
-    loader = transfer_loader(views, sampler, config, accelerator.device)
     needs = method.needs()
     if needs.teacher_signals != "outputs":
         signals = None  # the method runs the teachers itself, or has none
+    # on a CPU, live teachers' inputs are made in the loader's workers, beside the step (knowledge/inputs.py)
+    prepare = (isinstance(signals, LiveSignals) and accelerator.device.type == "cpu"
+               and config.loader_workers(views.base) > 0)
+    loader = transfer_loader(views, sampler, config, accelerator.device, signals.input_specs if prepare else ())
     stages = resolve_stages(model, needs.student_stages)
     trainable = Trainable(model, method, stages, needs.student_parts)
     probed = probe(trainable, signals, transfer) if needs.taps_features else {}
@@ -179,13 +183,14 @@ def train(
             epoch_loader = loader
         bar = tqdm(epoch_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False,
                    unit="batch", initial=skip, total=len(loader))
-        for batch, (images, labels, indices, rows, partners, label_weights) in enumerate(bar, start=skip):
+        for batch, (images, labels, indices, rows, partners, label_weights, *prepared) in enumerate(bar, start=skip):
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"training was cancelled in epoch {epoch}/{config.epochs}")
             mix = LabelMix(partners, label_weights) if mixes else None
             with accelerator.accumulate(wrapped):
                 with accelerator.autocast():  # live teachers too run in the run's mixed precision
-                    teacher_outputs = signals(images, rows) if signals is not None else []
+                    teacher_outputs = (signals.run_prepared(prepared[0]) if prepared else signals(images, rows)
+                                       if signals is not None else [])
                     losses = wrapped(Batch(images, labels, indices, teacher_outputs, rows, mix))
                     loss = sum(losses.values())
                 in_short_group = short_group and batch >= batches - short_group
@@ -227,13 +232,15 @@ def train(
     return history
 
 
-def transfer_loader(views: TransferViews, sampler: ViewSampler, config: TrainConfig,
-                    device: torch.device) -> DataLoader:
+def transfer_loader(views: TransferViews, sampler: ViewSampler, config: TrainConfig, device: torch.device,
+                    teacher_specs: Sequence[InputSpec] = ()) -> DataLoader:
     """The training loader: decoding and augmentation in ``config.loader_workers()`` persistent worker processes,
-    pinned memory on CUDA. Batches do not depend on the number of workers: a view depends only on its row."""
+    pinned memory on CUDA. Batches do not depend on the number of workers: a view depends only on its row.
+    With ``teacher_specs``, each batch ends with the list of its images in each teacher's input."""
     workers = config.loader_workers(views.base)
+    data = WithTeacherInputs(views, teacher_specs) if teacher_specs else views
     # the generator also seeds the workers (one draw per epoch, as DataLoader(shuffle=True, generator=...) does)
-    return DataLoader(views, batch_size=config.batch_size, sampler=sampler, drop_last=len(sampler) > config.batch_size,
+    return DataLoader(data, batch_size=config.batch_size, sampler=sampler, drop_last=len(sampler) > config.batch_size,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
                       generator=sampler.generator)
 

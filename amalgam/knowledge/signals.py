@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from amalgam.knowledge.inputs import InputSpec
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
 CACHE_BATCH = 256
@@ -43,6 +44,15 @@ class LiveSignals:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> list[TeacherOutput]:
         return [teacher(images, taps=self.taps[k]) for k, teacher in enumerate(self.teachers)]
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        """Each teacher's input transform, to apply in the loader's workers (:class:`WithTeacherInputs`)."""
+        return [teacher.input_spec for teacher in self.teachers]
+
+    def run_prepared(self, inputs: Sequence[torch.Tensor]) -> list[TeacherOutput]:
+        """The teachers on a batch already in each one's input (``input_specs`` applied, in the same order)."""
+        return [teacher.run_prepared(x, taps=self.taps[k]) for k, (teacher, x) in enumerate(zip(self.teachers, inputs))]
 
 
 class CachedSignals:

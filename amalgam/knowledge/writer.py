@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from amalgam.errors import AmalgamError
+from amalgam.knowledge.inputs import TeacherInputs
 from amalgam.knowledge.integrity import ARROW_FILE, KEY_FILE, PARTIAL_PREFIX, file_checksums, is_complete
 from amalgam.teachers.teacher import Teacher
 
@@ -148,25 +149,6 @@ def _compute(teacher: Teacher, taps: list[str], data: Dataset, rows: range, path
     finally:
         bar.close()
     return meta
-
-
-class TeacherInputs(Dataset):
-    """The images of ``data`` as one teacher takes them (``spec`` applied to each image)."""
-
-    def __init__(self, data: Dataset, spec: Any) -> None:
-        self.data, self.spec = data, spec
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
-        """A batch at once: the views are made together (``TransferViews.__getitems__``), then resized as one."""
-        fetch = getattr(self.data, "__getitems__", None)
-        items = fetch(list(indices)) if fetch is not None else [self.data[i] for i in indices]
-        return list(self.spec(torch.stack([torch.as_tensor(item[0]) for item in items])).unbind(0))
 
 
 def _arrow_features(meta: dict[str, Any], taps: list[str]) -> Any:
