@@ -112,6 +112,18 @@ def test_each_epoch_shows_every_image_once_with_a_view_drawn_by_seed_and_epoch()
     assert {r % 12: r // 12 for r in replay} == epochs[1]  # views do not depend on the shuffling's state
 
 
+def test_k_epochs_show_each_image_all_of_its_k_views_before_any_repeats():
+    views = TransferViews(_images(), Augmentation.parse("flip", views=3), seed=4)
+    sampler = ViewSampler(views, torch.Generator().manual_seed(0), seed=4)
+    seen = {index: [] for index in range(12)}
+    for epoch in range(1, 7):  # two cycles of three epochs
+        sampler.use_epoch(epoch)
+        for row in sampler:
+            seen[row % 12].append(row // 12)
+    assert all(sorted(v[:3]) == [0, 1, 2] and sorted(v[3:]) == [0, 1, 2] for v in seen.values())
+    assert len({tuple(v[:3]) for v in seen.values()}) > 1  # each image its own order
+
+
 def test_augmentation_is_checked_and_named_in_the_config():
     assert TrainConfig(augment=["flip", "crop"]).augment == "crop,flip"
     with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):

@@ -316,8 +316,10 @@ class TransferViews(Dataset):
 
 class ViewSampler(Sampler[int]):
     """Shuffles the images (with ``generator``, as ``DataLoader(shuffle=True)`` would) and, each epoch, picks one
-    of every image's views: the view of image ``i`` in epoch ``e`` depends only on ``(seed, e, i)``, so a resumed
-    run draws the same ones. Call :meth:`use_epoch` before iterating an epoch."""
+    of every image's views. Each run of K epochs shows every view of an image once, in an order drawn per image:
+    no view is repeated before all K were seen, so K epochs give K distinct views of each image. The view of
+    image ``i`` in epoch ``e`` depends only on ``(seed, e, i)``, so a resumed run draws the same ones. Call
+    :meth:`use_epoch` before iterating an epoch."""
 
     def __init__(self, views: TransferViews, generator: torch.Generator, seed: int = 0) -> None:
         self.views = views
@@ -334,6 +336,10 @@ class ViewSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         n, k = self.views.images, self.views.views
-        chosen = np.random.default_rng([self.seed, self.epoch, _STREAM]).integers(k, size=n) if k > 1 else None
+        chosen = None
+        if k > 1:
+            cycle, turn = divmod(self.epoch - 1, k)
+            order = np.argsort(np.random.default_rng([self.seed, cycle, _STREAM]).random((n, k)), axis=1)
+            chosen = order[:, turn]
         for index in self.order:
             yield int(index) if chosen is None else int(chosen[index]) * n + int(index)
