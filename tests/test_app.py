@@ -183,11 +183,12 @@ def test_publish_errors_show_in_the_page_without_the_token(client, finished_run,
 def test_restarted_app_lists_past_runs_and_publishes_to_the_hub(finished_run, runs_dir, tmp_path):
     port = free_port()
     launch = ("import logging, runpy, sys; logging.basicConfig(level=logging.DEBUG); "
-              f"sys.argv = ['app.py', '--runs-dir', {str(runs_dir)!r}, '--port', '{port}']; "
+              f"sys.argv = ['app.py', '--runs-dir', {str(runs_dir)!r}]; "
               "runpy.run_path('app.py', run_name='__main__')")  # DEBUG logging: any log of the token would show
     with LocalHub(tmp_path / "hub") as hub, open(tmp_path / "app.log", "w+") as log:
+        env = client_env(hub.endpoint, tmp_path / "hf-home") | {"GRADIO_SERVER_PORT": str(port)}  # as Spaces set it
         process = subprocess.Popen([sys.executable, "-c", launch], cwd=REPO_ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT, env=client_env(hub.endpoint, tmp_path / "hf-home"))
+                                   stderr=subprocess.STDOUT, env=env)
         try:
             url = f"http://127.0.0.1:{port}/"
             deadline = time.monotonic() + 120
@@ -316,3 +317,19 @@ def test_an_image_becomes_the_raw_batch_the_run_trained_on():
     assert torch.equal(batch[0], image)  # uint8 data survives the round trip through a PNG-able image exactly
     rgb = image_to_batch(batch_to_image(torch.rand(3, 100, 50)), channels=3, max_side=40)
     assert rgb.shape == (1, 3, 40, 20) and 0.0 <= rgb.min() and rgb.max() <= 1.0
+
+
+def test_app_py_serves_where_gradios_variables_say_unless_a_flag_says_otherwise(monkeypatch, capsys):
+    import runpy
+
+    parse_args = runpy.run_path(str(REPO_ROOT / "app.py"))["parse_args"]
+    assert (parse_args([]).host, parse_args([]).port) == ("127.0.0.1", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    assert (parse_args([]).host, parse_args([]).port) == ("0.0.0.0", 7999)
+    assert (parse_args(["--host", "127.0.0.1", "--port", "8001"]).host, parse_args(["--port", "8001"]).port) == (
+        "127.0.0.1", 8001)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "http")
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert "a port is a number from 1 to 65535 (GRADIO_SERVER_PORT or --port), got 'http'" in capsys.readouterr().err
