@@ -27,9 +27,9 @@ from gradio_client.exceptions import AppError
 from amalgam.app import RunManager, RunRequest, build_app, image_to_batch, list_runs, sample_image
 from amalgam.app.data import ZIP_UPLOAD, extract_image_zip
 from amalgam.app.predict import batch_to_image
-from amalgam.app.runs import CANCELLED, QUEUED
+from amalgam.app.runs import CANCELLED, QUEUED, RequestError
 from amalgam.data import load_data
-from amalgam.errors import DataError, MethodError
+from amalgam.errors import DataError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hubserver import LocalHub, client_env  # noqa: E402
@@ -69,7 +69,7 @@ def finished_run(client, runs_dir) -> dict:
     """The two demo teachers added in the page, then a 2-epoch run on digits, watched until it ends."""
     _, union, message = client.predict(api_name="/add_demo_teachers")
     assert "Added the 2 demo teachers" in message and "10 classes" in union
-    picker, started = client.predict(*DIGITS_RUN, api_name="/start_run")
+    picker, started, *_ = client.predict(*DIGITS_RUN, api_name="/start_run")
     run_id = picker["value"]
     assert run_id in started
     updates = list(client.submit(run_id, api_name="/watch_run"))  # every state the page was shown
@@ -140,23 +140,24 @@ def test_bad_input_shows_a_message_and_the_app_goes_on(client, finished_run, dem
     assert "has no class names in its files" in message
 
     zip_run = (ZIP_UPLOAD, "", None, *DIGITS_RUN[3:])
-    _, message = client.predict(*zip_run, api_name="/start_run")
+    _, message, *_ = client.predict(*zip_run, api_name="/start_run")
     assert "choose a zip file of an image folder" in message
     (tmp_path / "empty.zip").write_bytes(b"")
-    _, message = client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "empty.zip")), *DIGITS_RUN[3:],
-                                api_name="/start_run")
+    _, message, *_ = client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "empty.zip")), *DIGITS_RUN[3:],
+                                    api_name="/start_run")
     assert "empty.zip is not a zip archive" in message
     with zipfile.ZipFile(tmp_path / "no-images.zip", "w") as archive:
         archive.writestr("cats/notes.txt", "not an image")
-    _, message = client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "no-images.zip")), *DIGITS_RUN[3:],
-                                api_name="/start_run")
+    _, message, *_ = client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "no-images.zip")), *DIGITS_RUN[3:],
+                                    api_name="/start_run")
     assert "holds images of 0 class folder(s)" in message
     (tmp_path / "notes.txt").write_text("not a zip")
     with pytest.raises(AppError, match="Invalid file type"):  # Gradio refuses it before the app sees it
         client.predict(ZIP_UPLOAD, "", handle_file(str(tmp_path / "notes.txt")), *DIGITS_RUN[3:],
                        api_name="/start_run")
-    _, message = client.predict(*DIGITS_RUN[:4], '{"temprature": 2}', *DIGITS_RUN[5:], api_name="/start_run")
-    assert "has no option(s) ['temprature']" in message
+    _, message, _, options, *_ = client.predict(*DIGITS_RUN[:4], '{"temprature": 2}', *DIGITS_RUN[5:],
+                                                api_name="/start_run")
+    assert "fix the fields marked below" in message and "has no option(s) ['temprature']" in options
 
     student, _, message = client.predict(finished_run["run_id"], None, api_name="/predict")
     assert "upload an image" in message and not student.get("label")
@@ -266,18 +267,50 @@ def test_run_manager_queues_beyond_its_limit_and_cancels(demo_zoo, tmp_path):
 
 
 def test_run_request_is_checked_before_it_is_queued():
-    with pytest.raises(MethodError, match="no option"):
-        RunRequest(("zoo/a",), "digits", method_options={"temprature": 1}).check()
-    with pytest.raises(MethodError, match="unknown method"):
-        RunRequest(("zoo/a",), "digits", method="no-such-method").check()
-    with pytest.raises(DataError, match="labeled fraction"):
-        RunRequest(("zoo/a",), "digits", labeled_fraction=1.5).check()
-    with pytest.raises(DataError, match="unknown augmentation 'rotate'"):
-        RunRequest(("zoo/a",), "digits", augment="crop,rotate").check()
+    def problems(**fields) -> dict[str, str]:
+        return RunRequest(("zoo/a",), "digits", **fields).problems()
+
+    assert problems() == {}
+    assert "no option" in problems(method_options={"temprature": 1})["method_options"]
+    assert "unknown method" in problems(method="no-such-method")["method_options"]
+    assert "labeled fraction" in problems(labeled_fraction=1.5)["labeled_fraction"]
+    assert "unknown augmentation 'rotate'" in problems(augment="crop,rotate")["augment"]
+    assert "timm has no such model" in problems(student="resnet9000")["student"]
+    # number boxes left empty arrive as None: each is named, none is a TypeError
+    assert problems(epochs=None, lr=None, labeled_fraction=None).keys() == {"epochs", "lr", "labeled_fraction"}
+    with pytest.raises(RequestError, match="epochs: enter a whole number of at least 1, got 2.5"):
+        RunRequest(("zoo/a",), "digits", epochs=2.5).check()
+
+
+def test_a_method_that_fits_itself_on_labels_is_refused_without_labels_before_it_runs(demo_zoo, tmp_path):
+    from amalgam.teachers import load_teacher
+
+    teachers = [load_teacher(folder) for folder in demo_zoo]
+    request = RunRequest(tuple(map(str, demo_zoo)), "digits", method="trust-learner", labeled_fraction=0.0)
+    assert "trust-learner fits part of itself on labels" in request.problems(teachers)["labeled_fraction"]
+    assert RunRequest(request.teachers, "digits", method="soft-targets").problems(teachers) == {}
+    manager = RunManager(tmp_path / "runs")
+    with pytest.raises(RequestError, match="give it a labeled fraction above 0"):
+        manager.submit(request)
+    manager.shutdown()
+    assert not (tmp_path / "runs").exists()  # no run was made
+
+
+def test_the_setup_tab_names_each_bad_field_beside_it_and_starts_nothing(client, finished_run, runs_dir):
+    before = set(runs_dir.iterdir()) if runs_dir.exists() else set()
+    bad = (*DIGITS_RUN[:3], "trust-learner", "{}", 0.0, None, 0.01, "resnet9000", *DIGITS_RUN[9:])
+    picker, message, teachers, options, budget, training, augment = client.predict(*bad, api_name="/start_run")
+    assert "fix the fields marked below" in message
+    assert "timm has no such model" in training and "epochs: enter a whole number" in budget
+    assert teachers == options == augment == ""
+    assert (set(runs_dir.iterdir()) if runs_dir.exists() else set()) == before
+    relabeled = (*bad[:6], 2, *bad[7:8], "test_efficientnet", *bad[9:])
+    _, message, _, _, budget, training, _ = client.predict(*relabeled, api_name="/start_run")
+    assert "trust-learner fits part of itself on labels" in budget and training == ""
 
 
 def test_the_augmentation_chosen_in_the_page_reaches_the_run(client, finished_run, runs_dir):
-    picker, _ = client.predict(*DIGITS_RUN[:6], 200, *DIGITS_RUN[7:10], ["flip", "crop"], api_name="/start_run")
+    picker, *_ = client.predict(*DIGITS_RUN[:6], 200, *DIGITS_RUN[7:10], ["flip", "crop"], api_name="/start_run")
     run_json = runs_dir / picker["value"] / "run.json"
     deadline = time.monotonic() + 120
     while not run_json.exists():  # written before training starts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 import threading
@@ -10,15 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from amalgam.api import DEFAULT_STUDENT, amalgamate
 from amalgam.app.teachers import TeacherCatalog
 from amalgam.data.augment import Augmentation
 from amalgam.engine.label_free import student_score
-from amalgam.errors import AmalgamError, DataError, RunCancelled, TeacherError
-from amalgam.methods.registry import check_method
+from amalgam.errors import AmalgamError, RunCancelled
+from amalgam.methods.registry import check_method, create_method
 from amalgam.students import check_student_source
+from amalgam.teachers import LabelSpace, Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +29,24 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+class RequestError(AmalgamError):
+    """A run request that cannot run; ``problems`` says what is wrong with each field, by the field's name."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(self.problems.values()))
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """What a user asked for: teacher sources, data, method and training budget (``amalgamate``'s arguments).
 
+    Fields come as the page sends them (a number box left empty is ``None``): :meth:`problems` says what is
+    wrong with each before anything runs.
+
     Example:
-        >>> RunRequest(teachers=(), data="digits").check()
-        Traceback (most recent call last):
-        ...
-        amalgam.errors.TeacherError: add at least one teacher before starting a run
+        >>> RunRequest(teachers=(), data="digits", epochs=None).problems()
+        {'teachers': 'add at least one teacher before starting a run', 'epochs': 'epochs: enter a whole number of at least 1'}
     """
 
     teachers: tuple[str, ...]
@@ -49,19 +60,47 @@ class RunRequest:
     eval_data: str | None = None  # labeled data to measure on (default: the data's test split; none: label-free)
     augment: str = ""  # consistent augmentation, comma-separated (amalgam.data.augment)
 
-    def check(self) -> None:
-        """Refuse what would fail only later, in the background: no teachers, bad options, budget out of range."""
+    def problems(self, teachers: Sequence[Teacher] | None = None) -> dict[str, str]:
+        """What would fail only later, in the background, by field: no teachers, bad method options, a student
+        timm does not know, a budget out of range or left empty, an unknown augmentation; with the loaded
+        ``teachers``, also a method that fits part of itself on labels in a run without any."""
+        found: dict[str, str] = {}
+
+        def check(name: str, test: Callable[[], Any]) -> None:
+            try:
+                test()
+            except (AmalgamError, ValueError) as err:
+                found[name] = str(err)
+
         if not self.teachers:
-            raise TeacherError("add at least one teacher before starting a run")
-        check_method(self.method, dict(self.method_options))
-        check_student_source(self.student)
-        if not 0.0 <= self.labeled_fraction <= 1.0:
-            raise DataError(f"the labeled fraction must be within [0, 1], got {self.labeled_fraction}")
-        if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise AmalgamError(f"epochs must be a whole number of at least 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise AmalgamError(f"the learning rate must be positive, got {self.lr}")
-        Augmentation.parse(self.augment)
+            found["teachers"] = "add at least one teacher before starting a run"
+        check("method_options", lambda: check_method(self.method, dict(self.method_options)))
+        check("student", lambda: check_student_source(self.student))
+        if not _number(self.labeled_fraction) or not 0.0 <= self.labeled_fraction <= 1.0:
+            found["labeled_fraction"] = f"the labeled fraction must be within [0, 1], got {self.labeled_fraction}"
+        if not _number(self.epochs) or int(self.epochs) != self.epochs or self.epochs < 1:
+            found["epochs"] = "epochs: enter a whole number of at least 1" + (
+                f", got {self.epochs}" if self.epochs is not None else "")
+        if not _number(self.lr) or self.lr <= 0:
+            found["lr"] = "the learning rate must be a positive number" + (
+                f", got {self.lr}" if self.lr is not None else "")
+        check("augment", lambda: Augmentation.parse(self.augment))
+        if teachers and not {"method_options", "labeled_fraction"} & found.keys() and self.labeled_fraction == 0:
+            space = LabelSpace.union([t.class_names for t in teachers])
+            if create_method(self.method, space, teachers, dict(self.method_options)).needs().labels:
+                found["labeled_fraction"] = (f"{self.method} fits part of itself on labels: give it a labeled "
+                                             "fraction above 0 (for example 0.02)")
+        return found
+
+    def check(self, teachers: Sequence[Teacher] | None = None) -> None:
+        """Raise :class:`RequestError` with every field's problem (:meth:`problems`), if there is any."""
+        found = self.problems(teachers)
+        if found:
+            raise RequestError(found)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -129,8 +168,10 @@ class RunManager:
         self._lock = threading.Lock()
 
     def submit(self, request: RunRequest) -> RunState:
-        """Check ``request`` and queue it; returns its state at once (the run goes on in the background)."""
+        """Check ``request`` (its teachers loaded, so a method that needs labels is caught here too) and queue
+        it; returns its state at once (the run goes on in the background)."""
         request.check()
+        request.check([self.catalog.load(source) for source in request.teachers])
         with self._lock:
             waiting = sum(1 for state in self._runs.values() if state.status == QUEUED)
             if waiting >= self.max_waiting:

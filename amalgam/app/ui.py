@@ -19,7 +19,9 @@ from amalgam.api import DEFAULT_STUDENT
 from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
 from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import Tryout, sample_image
-from amalgam.app.runs import FINISHED, RunManager, RunRequest, RunState, list_runs, read_run, run_folder
+from amalgam.app.runs import (
+    FINISHED, RequestError, RunManager, RunRequest, RunState, list_runs, read_run, run_folder,
+)
 from amalgam.app.teachers import TEACHER_COLUMNS, teacher_rows, union_markdown
 from amalgam.app.views import (
     confusion_figure, curves_frame, method_markdown, method_options_json, parse_method_options,
@@ -35,6 +37,10 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # how often a watched run's page is refreshed
 ANSWER_COLUMNS = ["model", "top classes", "milliseconds"]
 PER_CLASS_COLUMNS = ["class", "student accuracy", "known by"]
+# where each RunRequest field's problem is shown on the Setup tab: under the teachers, the method options, the
+# labeled fraction and epochs row, the learning rate and student row, and the augmentation
+PROBLEM_SLOTS = {"teachers": 0, "method_options": 1, "labeled_fraction": 2, "epochs": 2, "lr": 3, "student": 3,
+                 "augment": 4}
 NO_RUN = "*No run chosen yet: start one, or choose a finished run in the Run tab.*"
 
 
@@ -129,8 +135,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
 
     # ---- runs
     def start_run(sources: list[str], kind: str, text: str, upload: str | None, method: str, options: str,
-                  labeled_fraction: float, epochs: float, lr: float, student: str, eval_text: str = "",
-                  augment: list[str] | None = None) -> tuple:
+                  labeled_fraction: float | None, epochs: float | None, lr: float | None, student: str,
+                  eval_text: str = "", augment: list[str] | None = None) -> tuple:
+        beside = [""] * (max(PROBLEM_SLOTS.values()) + 1)  # each field's problem, shown under it
         try:
             for chosen in sources:
                 paths.check(chosen, "teacher")
@@ -141,17 +148,23 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
             if eval_data is not None:
                 paths.check(eval_data, "evaluation data")
             request = RunRequest(
-                teachers=tuple(sources), data="", method=method,
-                method_options=parse_method_options(options), labeled_fraction=float(labeled_fraction),
-                epochs=int(epochs), lr=float(lr), student=(student or "").strip() or DEFAULT_STUDENT,
-                eval_data=eval_data, augment=",".join(augment or []),
+                teachers=tuple(sources), data="", method=method, method_options=parse_method_options(options),
+                labeled_fraction=labeled_fraction, epochs=epochs, lr=lr,
+                student=(student or "").strip() or DEFAULT_STUDENT, eval_data=eval_data, augment=",".join(augment or []),
             )
-            request.check()  # everything else first: an upload is unpacked only for a request that can run
+            # everything else first: an upload is unpacked only for a request that can run
+            request.check([catalog.load(source) for source in sources])
             state = manager.submit(dataclasses.replace(request, data=data_source(kind, text, upload, uploads)))
-        except Exception as err:  # noqa: BLE001 - shown in the page; also a number field left empty
-            return gr.skip(), gr.skip(), _error(err)
+        except RequestError as err:
+            for name, problem in err.problems.items():
+                slot = PROBLEM_SLOTS.get(name, 0)
+                beside[slot] = "\n\n".join(filter(None, [beside[slot], f"**{html.escape(problem, quote=False)}**"]))
+            return (gr.skip(), gr.skip(), _error(AmalgamError("fix the fields marked below before starting")),
+                    *beside)
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return gr.skip(), gr.skip(), _error(err), *beside
         return (gr.Dropdown(choices=run_choices(), value=state.run_id), gr.Tabs(selected="run"),
-                f"Started run **{state.run_id}**; watch it in the *Run* tab.")
+                f"Started run **{state.run_id}**; watch it in the *Run* tab.", *beside)
 
     def saved_view(run_id: str | None) -> tuple:
         empty = curves_frame([])
@@ -269,6 +282,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                         teacher_table = gr.Dataframe(pd.DataFrame(columns=TEACHER_COLUMNS), label="chosen teachers",
                                                      interactive=False, wrap=True)
                         union = gr.Markdown(union_markdown([]))
+                        teachers_problem = gr.Markdown(elem_classes="field-problem")
                     with gr.Column(scale=2):
                         gr.Markdown("### Data and method")
                         data_kind = gr.Radio(DATA_KINDS, value=DATA_KINDS[0], label="transfer and test data")
@@ -281,15 +295,19 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                         method_info = gr.Markdown(method_markdown("soft-targets"))
                         options = gr.Code(method_options_json("soft-targets"), language="json", interactive=True,
                                           label="method options (JSON)", lines=4)
+                        options_problem = gr.Markdown(elem_classes="field-problem")
                         with gr.Row():
                             labeled = gr.Slider(0, 1, value=0.0, step=0.01, label="labeled fraction")
                             epochs = gr.Number(5, precision=0, minimum=1, label="epochs")
+                        budget_problem = gr.Markdown(elem_classes="field-problem")
                         with gr.Row():
                             lr = gr.Number(3e-3, label="learning rate")
                             student = gr.Textbox(DEFAULT_STUDENT, label="student (timm name, hf-hub:timm/<name> or folder)")
+                        training_problem = gr.Markdown(elem_classes="field-problem")
                         augment = gr.CheckboxGroup(list(AUGMENTATIONS), value=[], label="augmentation (the "
                                                    "student and every teacher see the same view)",
                                                    info="; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()))
+                        augment_problem = gr.Markdown(elem_classes="field-problem")
                         start = gr.Button("Start the run", variant="primary")
                         start_message = gr.Markdown()
             with gr.Tab("2 · Run", id="run"):
@@ -345,7 +363,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         method.change(choose_method, [method], [method_info, options], api_name="describe_method")
 
         start.click(start_run, [sources, data_kind, data_text, data_zip, method, options, labeled, epochs, lr,
-                                student, eval_text, augment], [run_picker, tabs, start_message], api_name="start_run")
+                                student, eval_text, augment],
+                    [run_picker, tabs, start_message, teachers_problem, options_problem, budget_problem,
+                     training_problem, augment_problem], api_name="start_run")
         view = [progress, status, loss_plot, accuracy_plot, results, per_class, confusion, try_run, publish_run]
         # Watching is a generator that polls the run; several pages may watch at once, hence no concurrency limit.
         watched = run_picker.change(watch_run, [run_picker], view, api_name="watch_run", trigger_mode="multiple",
