@@ -264,6 +264,22 @@ def test_run_manager_queues_beyond_its_limit_and_cancels(demo_zoo, tmp_path):
     assert not manager.cancel(long_run.run_id)  # over already
     assert [s.run_id for s in list_runs(tmp_path / "runs")] == [long_run.run_id]
     assert list_runs(tmp_path / "runs")[0].accuracy is None
+    assert list_runs(tmp_path / "runs")[0].label.endswith(" · cancelled")
+
+
+def test_a_failed_run_is_still_listed_with_its_reason_after_a_restart(demo_zoo, tmp_path):
+    manager = RunManager(tmp_path / "runs")
+    teachers = tuple(str(folder) for folder in demo_zoo)
+    try:  # the data is only opened in the background, after the request was accepted
+        failed = manager.submit(RunRequest(teachers, str(tmp_path / "no-such-folder"), epochs=1))
+        assert failed.ended.wait(120)
+    finally:
+        manager.shutdown()
+    assert failed.status == "failed"
+    [summary] = list_runs(tmp_path / "runs")  # what a restarted app reads: the folder alone
+    assert summary.run_id == failed.run_id and summary.accuracy is None
+    assert summary.label.endswith(" · failed") and summary.outcome == f"failed: {failed.message}"
+    assert summary.teachers == teachers and summary.method == "soft-targets"
 
 
 def test_run_request_is_checked_before_it_is_queued():

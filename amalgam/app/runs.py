@@ -9,7 +9,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+OUTCOME_FILE = "outcome.json"  # how a run without a student ended (runs.write_outcome)
 
 
 class RequestError(AmalgamError):
@@ -239,7 +240,28 @@ class RunManager:
             logger.exception("run %s failed", state.run_id)
             state.status, state.message = FAILED, f"{type(err).__name__}: {err}"
         finally:
+            # a failed run (even one that failed before its folder was made) and a cancelled one that had started
+            # say so on disk, so the run list shows them, and why, after a restart
+            if state.status == FAILED or (state.status == CANCELLED and state.run_dir.exists()):
+                write_outcome(state)
             state.ended.set()
+
+
+def write_outcome(state: RunState) -> None:
+    """``outcome.json`` in the run's folder: how a run that did not finish ended, why, and what was asked."""
+    request = state.request
+    state.run_dir.mkdir(parents=True, exist_ok=True)
+    outcome = {"status": state.status, "message": state.message, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "method": request.method, "data": request.data, "teachers": list(request.teachers)}
+    (state.run_dir / OUTCOME_FILE).write_text(json.dumps(outcome, indent=2))
+
+
+def read_outcome(run_dir: Path) -> dict | None:
+    """What :func:`write_outcome` wrote in ``run_dir`` (``None``: no outcome, or an unreadable one)."""
+    try:
+        return json.loads((run_dir / OUTCOME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -253,6 +275,7 @@ class RunSummary:
     data: str
     teachers: tuple[str, ...]
     accuracy: float | None  # the student's; None while the run is unfinished (running, failed or cancelled)
+    outcome: str = ""  # for a run without a student: "failed: <why>", "cancelled: ..." or "" (interrupted)
 
     @property
     def finished(self) -> bool:
@@ -260,8 +283,8 @@ class RunSummary:
 
     @property
     def label(self) -> str:
-        outcome = f"student {self.accuracy:.3f}" if self.finished else "unfinished"
-        return f"{self.run_id} · {' + '.join(self.teachers)} · {outcome}"
+        ending = f"student {self.accuracy:.3f}" if self.finished else (self.outcome.split(":")[0] or "unfinished")
+        return f"{self.run_id} · {' + '.join(self.teachers)} · {ending}"
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict | None]:
@@ -290,20 +313,30 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
         []
     """
     summaries = []
-    for run_json in Path(runs_dir).glob("*/run.json"):
+    folders = {path.parent for pattern in ("*/run.json", f"*/{OUTCOME_FILE}") for path in Path(runs_dir).glob(pattern)}
+    for folder in folders:
+        outcome = read_outcome(folder)
+        ended = f"{outcome['status']}: {outcome['message']}" if outcome else ""
         try:
-            description, metrics = read_run(run_json.parent)
+            if not (folder / "run.json").is_file() and outcome is not None:  # it failed before it was planned
+                summaries.append(RunSummary(
+                    run_id=folder.name, path=folder, created=str(outcome["ended"]), method=str(outcome["method"]),
+                    data=Path(str(outcome["data"])).name, teachers=tuple(map(str, outcome["teachers"])),
+                    accuracy=None, outcome=ended))
+                continue
+            description, metrics = read_run(folder)
             summaries.append(RunSummary(
-                run_id=run_json.parent.name,
-                path=run_json.parent,
+                run_id=folder.name,
+                path=folder,
                 created=str(description.get("created", "")),
                 method=description["method"]["name"],
                 data=str(description["data"]["name"]),
                 teachers=tuple(t["name"] for t in description["teachers"]),
                 accuracy=student_score(metrics)[1] if metrics else None,
+                outcome=ended,
             ))
         except (AmalgamError, ValueError, KeyError, TypeError) as err:
-            logger.warning("skipping %s: %s", run_json.parent, err)  # one damaged folder must not hide the others
+            logger.warning("skipping %s: %s", folder, err)  # one damaged folder must not hide the others
     return sorted(summaries, key=lambda s: (s.created, s.run_id), reverse=True)
 
 

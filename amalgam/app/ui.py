@@ -20,7 +20,7 @@ from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
 from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import Tryout, sample_image
 from amalgam.app.runs import (
-    FINISHED, RequestError, RunManager, RunRequest, RunState, list_runs, read_run, run_folder,
+    FINISHED, RequestError, RunManager, RunRequest, RunState, list_runs, read_outcome, read_run, run_folder,
 )
 from amalgam.app.teachers import TEACHER_COLUMNS, teacher_rows, union_markdown
 from amalgam.app.views import (
@@ -172,11 +172,16 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         if not run_id:
             return ("", "Start a run, or choose one from the list.", *blank, NO_RUN, NO_RUN)
         try:
-            description, metrics = read_run(run_folder(runs_dir, run_id))
+            folder = run_folder(runs_dir, run_id)
+            outcome = read_outcome(folder)
+            planned = outcome is None or (folder / "run.json").is_file()  # else it failed before it was planned
+            description, metrics = read_run(folder) if planned else (None, None)
         except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
             return ("", _error(err), *blank, NO_RUN, NO_RUN)
         if metrics is None:
-            note = f"Run **{run_id}** is unfinished (cancelled, failed or interrupted): it has no student."
+            why = (f"{outcome['status']}: {html.escape(str(outcome['message']), quote=False)}" if outcome
+                   else "unfinished (interrupted)")
+            note = f"Run **{run_id}** {why}. It has no student."
             return ("", note, *blank, note, note)
         curves = curves_frame(metrics.get("history", []))
         measure, score = student_score(metrics)
