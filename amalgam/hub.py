@@ -68,3 +68,32 @@ def download_snapshot(repo_id: str, revision: str | None, patterns: Sequence[str
         ) from None
     # Snapshot folders are named by commit sha: record it so a run says exactly which weights it used.
     return folder, folder.name if _COMMIT.match(folder.name) else revision
+
+
+def hub_failure(err: Exception, token: str | None = None) -> str:
+    """Why a call to the Hub failed, in words for the person who made it: what happened and what to do, without
+    the exception's class or huggingface_hub's hints about its own arguments and variables (and never ``token``).
+
+    >>> from huggingface_hub.errors import OfflineModeIsEnabled
+    >>> hub_failure(OfflineModeIsEnabled("Cannot reach https://huggingface.co/api: offline mode is enabled."))
+    'this machine is set to work offline (HF_HUB_OFFLINE=1): unset it to reach the Hub'
+    """
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if isinstance(err, OfflineModeIsEnabled):
+        return "this machine is set to work offline (HF_HUB_OFFLINE=1): unset it to reach the Hub"
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    if status in (401, 403):
+        reason = f"the Hub refused the token (HTTP {status}): it needs write access to this repo"
+    elif status == 404:
+        reason = "the Hub has no such repo, or the token cannot see it (HTTP 404)"
+    elif status is not None:
+        detail = (getattr(err, "server_message", None) or "").strip().splitlines()
+        reason = f"the Hub answered HTTP {status}" + (f": {detail[0]}" if detail else "")
+    elif isinstance(err, (OSError, ConnectionError)) or type(err).__module__.startswith(("httpx", "requests")):
+        reason = "the Hub could not be reached: check the network (or HF_ENDPOINT, for a Hub of your own)"
+    else:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return reason.replace(token, "<token>") if token else reason
+

@@ -177,6 +177,8 @@ def test_publish_errors_show_in_the_page_without_the_token(client, finished_run,
     assert "malformed Hub repo id 'not a repo id'" in message
     message = client.predict(finished_run["run_id"], "org/student", TOKEN, False, True, api_name="/publish")
     assert "pushing the model org/student failed" in message  # this process is offline (HF_HUB_OFFLINE=1)
+    assert "set to work offline (HF_HUB_OFFLINE=1)" in message  # said for people: no class name, no library hint
+    assert "OfflineModeIsEnabled" not in message and "environment variable" not in message
     captured = capfd.readouterr()
     assert TOKEN not in message + captured.out + captured.err
 

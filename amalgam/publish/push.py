@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amalgam.errors import PublishError
-from amalgam.hub import check_repo_id
+from amalgam.hub import check_repo_id, hub_failure
 from amalgam.publish.card import DEFAULT_LICENSE
 from amalgam.publish.model_repo import write_model_folder
 from amalgam.publish.run import RunRecord, load_run, read_json
@@ -192,11 +192,11 @@ def upload(
                                  commit_message=message)
     except Exception as err:  # noqa: BLE001 - HTTP, transport and client errors all end the same way
         status = getattr(getattr(err, "response", None), "status_code", None)
-        hint = f"; check the token ({LOGIN_HINT})" if status in (401, 403) else ""
-        reason = f"{type(err).__name__}: {err}".replace(token, "<token>")  # no server echo may leak it
+        hint = f" ({LOGIN_HINT})" if status in (401, 403) else ""
+        logger.info("push of %s %s failed: %s", repo_type, repo_id, str(err).replace(token, "<token>"))
         raise PublishError(
-            f"pushing the {repo_type} {repo_id} failed: {reason}{hint}. Nothing local was changed; push again to "
-            "retry (files the Hub already has are not sent twice)."
+            f"pushing the {repo_type} {repo_id} failed: {hub_failure(err, token)}{hint}. Nothing local was changed; "
+            "push again to retry (files the Hub already has are not sent twice)."
         ) from None
     logger.info("pushed %s to %s (commit %s)", folder, url, info.oid)
     return str(url), info.oid
