@@ -402,6 +402,7 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         "",
         "Peak memory while caching 2 and 4 teachers: [memory.md](memory.md).",
     ]
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "speed.md"
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(results, indent=1))
