@@ -150,13 +150,20 @@ def train_config(train: TrainConfig | None, options: Mapping[str, Any]) -> Train
     return dataclasses.replace(train or TrainConfig(), **options)
 
 
-def format_results(metrics: Mapping[str, Any]) -> str:
-    """A fixed-width table: each teacher on its own classes, the teachers together, the student; for a run
-    without labels, the student's agreement with its target and with each teacher (not accuracy)."""
+def result_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The results table's rows, a header row first: each teacher on its own classes, the teachers together,
+    the student; for a run without labels, the student's agreement with its target and with each teacher (not
+    accuracy). The student's row starts with ``"student "``.
+
+    >>> metrics = {"teachers": {"t": {"test_samples": 0}}, "test_samples": 4, "ensemble": {"accuracy": 0.5},
+    ...            "concatenated": {"accuracy": 0.25}, "oracle": {"accuracy": 0.75},
+    ...            "student": {"architecture": "s", "accuracy": 1.0}}
+    >>> [row[2] for row in result_rows(metrics)]
+    ['accuracy', 'n/a', '0.5000', '0.2500', '0.7500', '1.0000']
+    """
     if metrics.get("kind") == LABEL_FREE:
-        rows = [("label-free measure", "evaluated on", "agreement")]
-        rows += [(what, on, f"{value:.4f}") for what, on, value in label_free_rows(metrics)]
-        return _table(rows)
+        return [("label-free measure", "evaluated on", "agreement"),
+                *((what, on, f"{value:.4f}") for what, on, value in label_free_rows(metrics))]
     rows = [("model", "evaluated on", "accuracy")]
     for name, result in metrics["teachers"].items():  # a teacher none of whose classes occur has no accuracy
         rows.append((f"teacher {name}", f"its own classes ({result['test_samples']} images)",
@@ -173,7 +180,12 @@ def format_results(metrics: Mapping[str, Any]) -> str:
     for name, head in student.get("heads", {}).items():
         rows.append((f"  its head {name}", f"its own classes ({head['test_samples']} images)",
                      f"{head['accuracy_on_own_classes']:.4f}"))
-    return _table(rows)
+    return rows
+
+
+def format_results(metrics: Mapping[str, Any]) -> str:
+    """:func:`result_rows` as a fixed-width table."""
+    return _table(result_rows(metrics))
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:

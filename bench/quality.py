@@ -233,12 +233,18 @@ def report_name(setting: str, epochs: int) -> str:
     return f"quality-{setting}" if epochs == SETTINGS[setting].budget.epochs else f"quality-{setting}-{epochs}ep"
 
 
+def _scores(teacher_metrics: dict) -> dict:
+    """The teachers' accuracies, without their per-class breakdown (which tables written before it lack)."""
+    return {**teacher_metrics, "teachers": {name: {k: v for k, v in numbers.items() if k != "per_class"}
+                                            for name, numbers in teacher_metrics.get("teachers", {}).items()}}
+
+
 def merge_rows(previous: dict, new: dict) -> dict:
     """``previous`` with ``new``'s rows added; a row of the same label (same setting and budget) gets the new runs,
     which replace its runs of the same seeds and join those of other seeds."""
     if (previous["setting"], previous["budget"]) != (new["setting"], new["budget"]):
         raise SystemExit(f"--merge: {previous['setting']} {previous['budget']} was run with another setting or budget")
-    if previous["teacher_metrics"] != new["teacher_metrics"]:  # retrained teachers: the rows would not compare
+    if _scores(previous["teacher_metrics"]) != _scores(new["teacher_metrics"]):  # retrained: rows would not compare
         raise SystemExit("--merge: the teachers score otherwise than in the table merged into (teacher oracle "
                          f"{previous['teacher_metrics']['oracle']['accuracy']:.4f} there, "
                          f"{new['teacher_metrics']['oracle']['accuracy']:.4f} now): rerun the table's rows "

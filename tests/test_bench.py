@@ -45,3 +45,11 @@ def test_merging_other_seeds_keeps_a_rows_earlier_runs_and_replaces_rerun_seeds(
     assert runs == {"a": [(0, 0.5)], "b": [(0, 0.6), (1, 0.8), (2, 0.9)], "c": [(0, 0.1)]}
     with pytest.raises(SystemExit, match="oracle 0.9000 there, 0.8000 now"):  # rows of other teachers
         merge_rows(before, results({"c": [(0, 0.1)]}) | {"teacher_metrics": oracle(0.8)})
+    # the same teachers, measured by code that adds their per-class accuracy: the rows still compare
+    def teacher(accuracy: float, **per_class: float) -> dict:
+        numbers = {"accuracy_on_own_classes": accuracy} | ({"per_class": per_class} if per_class else {})
+        return results({"a": [(0, 0.5)]}) | {"teacher_metrics": oracle(0.9) | {"teachers": {"t": numbers}}}
+
+    assert merge_rows(teacher(0.9), teacher(0.9, x=0.9))["rows"][0]["label"] == "a"
+    with pytest.raises(SystemExit):
+        merge_rows(teacher(0.9), teacher(0.8))

@@ -124,11 +124,16 @@ def evaluate_teachers(teachers: Sequence[Teacher], label_space: LabelSpace, data
     - ``ensemble``: the argmax of the mean of the teachers' probabilities placed in the union space.
     - ``concatenated``: the argmax of the teachers' logits side by side (one classifier over the union).
     - ``oracle``: each sample sent to the teacher(s) that know its true class (an upper reference).
+
+    Each teacher's ``per_class`` is its accuracy on each union class it knows (by the class's name), for the
+    per-class view beside the student's.
     """
     device = teachers[0].device
     indices = [label_space.index_tensor(k, device) for k in range(len(teachers))]
     membership = label_space.membership(device)
     counts = {"own": torch.zeros(len(teachers)), "own_total": torch.zeros(len(teachers))}
+    class_correct = torch.zeros(len(teachers), label_space.num_classes)  # on the test images of each true class
+    class_total = torch.zeros(label_space.num_classes)
     ensemble_correct = oracle_correct = concatenated_correct = total = 0
     uniform = torch.full((len(teachers),), 1.0 / len(teachers), device=device)
     for images, labels in _batches(data, device):
@@ -147,15 +152,20 @@ def evaluate_teachers(teachers: Sequence[Teacher], label_space: LabelSpace, data
         oracle = place_probabilities(probs, indices, oracle_weights, label_space.num_classes)
         oracle_correct += int((oracle.argmax(-1) == labels).sum())
         total += len(labels)
+        class_total += torch.bincount(labels, minlength=label_space.num_classes).cpu().float()
         for k, p in enumerate(probs):
             own = knows[:, k].bool()
-            counts["own"][k] += int((indices[k][p.argmax(-1)][own] == labels[own]).sum())
+            right = indices[k][p.argmax(-1)] == labels
+            counts["own"][k] += int(right[own].sum())
             counts["own_total"][k] += int(own.sum())
+            class_correct[k] += torch.bincount(labels, weights=right.float(), minlength=label_space.num_classes).cpu()
     return {
         "teachers": {
             teacher.name: {
                 "accuracy_on_own_classes": float(counts["own"][k] / max(1, counts["own_total"][k])),
                 "test_samples": int(counts["own_total"][k]),
+                "per_class": {label_space.class_names[c]: float(class_correct[k, c] / class_total[c])
+                              for c in sorted(set(label_space.teacher_indices[k])) if class_total[c]},
             }
             for k, teacher in enumerate(teachers)
         },

@@ -78,6 +78,9 @@ def train(
 ) -> list[dict]:
     """Minimise the sum of ``method``'s loss terms over ``transfer``, and return one record per epoch.
 
+    A record holds the epoch, each loss term's mean over its batches and their sum (``loss``), ``loss_terms``
+    (the terms' names), ``seconds``, the numbers :meth:`Method.end_epoch` logs, and ``test_accuracy``.
+
     ``model`` maps raw image batches to logits (a :class:`~amalgam.students.Student`); ``signals`` gives the
     teachers' outputs for each batch (live or cached; ``None`` for a method that reads none);
     ``labeled`` (the labeled fraction) and ``transfer_logits`` (the teachers' logits on the whole transfer set)
@@ -214,6 +217,7 @@ def train(
         state.batches_done, state.loss_sums, state.epoch_seconds = 0, {}, 0.0
         sums = _mean_over_processes(accelerator, _read(sums))  # each process summed its own batches
         record = {"epoch": epoch, **{k: v / batches for k, v in sums.items()}}
+        record["loss_terms"] = sorted(set(sums) - {"loss"})  # which of the numbers the total loss sums (for plots)
         record["seconds"] = time.perf_counter() - started
         record.update(method.end_epoch(model))
         if evaluate is not None:
