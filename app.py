@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from amalgam.app import RunManager, build_app
+from amalgam.app import APP_CSS, RunManager, build_app
 from amalgam.app.paths import PathPolicy
 from amalgam.paths import amalgam_home
 
@@ -50,7 +50,8 @@ def main() -> None:
     paths = PathPolicy.for_host(args.host, allowed=args.allow_paths,
                                 own=[amalgam_home() / "zoo", Path(args.runs_dir) / ".uploads"])
     try:
-        build_app(args.runs_dir, manager, paths).launch(server_name=args.host, server_port=args.port)
+        build_app(args.runs_dir, manager, paths).launch(server_name=args.host, server_port=args.port,
+                                                        css=APP_CSS)
     finally:
         manager.shutdown()  # a run still going is cancelled, not waited for
 

@@ -73,9 +73,9 @@ def finished_run(client, runs_dir) -> dict:
     run_id = picker["value"]
     assert run_id in started
     updates = list(client.submit(run_id, api_name="/watch_run"))  # every state the page was shown
-    progress, status, _, curves, results, per_class, *_ = updates[-1]
-    return {"run_id": run_id, "updates": updates, "progress": progress, "status": status, "curves": curves,
-            "results": results, "per_class": per_class}
+    progress, status, loss, accuracy, results, table, per_class, *_ = updates[-1]  # (the Cancel button: no value)
+    return {"run_id": run_id, "updates": updates, "progress": progress, "status": status, "loss": loss,
+            "accuracy": accuracy, "results": results, "table": table, "per_class": per_class}
 
 
 def test_demo_teachers_and_union_label_space(client, finished_run):
@@ -100,12 +100,43 @@ def test_a_run_is_watched_to_its_end_and_its_results_shown(finished_run, runs_di
     assert f"finished, student accuracy **{accuracy:.4f}**" in finished_run["status"]
     assert 'aria-valuenow="100"' in finished_run["progress"]
     assert any("running" in update[1] for update in finished_run["updates"][:-1])  # it was watched live
-    assert [row[0] for row in finished_run["curves"]["data"]] == [1, 2]  # one point per epoch
-    assert re.search(rf"student test_efficientnet +all union classes \(360 images\) +{accuracy:.4f}",
-                     finished_run["results"])
-    per_class = {row[0]: row[1] for row in finished_run["per_class"]["data"]}
+    assert [record["epoch"] for record in metrics["history"]] == [1, 2]  # what the curves draw, one point each
+    assert finished_run["loss"] is not None and finished_run["accuracy"] is not None
+    assert "labeled (none of the labels used)" in finished_run["results"]
+    table = finished_run["table"]
+    student_rows = [i for i, row in enumerate(table["data"]) if row[0] == "student test_efficientnet"]
+    assert [table["data"][i][1:] for i in student_rows] == [["all union classes (360 images)", f"{accuracy:.4f}"]]
+    styles = table["metadata"]["styling"]  # the student's row, and only it, is highlighted
+    assert [i for i, row in enumerate(styles) if any("background-color" in cell for cell in row)] == student_rows
+    per_class = {row[0]: row[1:] for row in finished_run["per_class"]["data"]}
     assert set(per_class) == set(DIGITS)
-    assert per_class["3"] == pytest.approx(metrics["student"]["per_class"]["3"], abs=1e-4)
+    assert per_class["3"][0] == pytest.approx(metrics["student"]["per_class"]["3"], abs=1e-4)
+    assert per_class["3"][1] == pytest.approx(metrics["teachers"]["cnn-digits-0to4"]["per_class"]["3"], abs=1e-4)
+    assert per_class["7"][2] == "vit-digits-5to9"
+
+
+def test_the_runs_tab_lists_every_run_with_its_gaps_and_compares_them(client, finished_run, runs_dir):
+    table, picker = client.predict(api_name="/runs_table")
+    rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
+    metrics = json.loads((runs_dir / finished_run["run_id"] / "metrics.json").read_text())
+    row = rows[finished_run["run_id"]]
+    assert (row["method"], row["data"], row["labels used"], row["status"]) == ("soft-targets", "digits", "none",
+                                                                               "finished")
+    student = metrics["student"]["accuracy"]
+    assert row["vs teachers' mean"] == pytest.approx(student - metrics["ensemble"]["accuracy"], abs=1e-4)
+    assert row["vs oracle"] == pytest.approx(student - metrics["oracle"]["accuracy"], abs=1e-4)
+    assert finished_run["run_id"] in [value for _, value in picker["choices"]]
+    *_, message = client.predict([finished_run["run_id"]], api_name="/compare_runs")
+    assert "choose two or more runs" in message
+    copy = runs_dir / "copy-of-the-run"  # a second finished run: the same folder under another id
+    shutil.copytree(runs_dir / finished_run["run_id"], copy)
+    try:
+        client.predict(api_name="/runs_table")  # as opening the tab again does: the new run becomes a choice
+        figure, compared, message = client.predict([finished_run["run_id"], copy.name], api_name="/compare_runs")
+    finally:
+        shutil.rmtree(copy)
+    assert message == "Comparing 2 runs." and figure is not None
+    assert sorted(row[0] for row in compared["data"]) == sorted([finished_run["run_id"], copy.name])
 
 
 def test_the_student_and_teachers_classify_an_uploaded_image(client, finished_run, tmp_path):
@@ -221,6 +252,22 @@ def test_restarted_app_lists_past_runs_and_publishes_to_the_hub(finished_run, ru
 
 
 # ---- the app's logic, directly
+
+
+def test_curves_mark_every_epoch_on_whole_epoch_ticks_with_loss_terms_and_the_teachers_references():
+    from amalgam.app.views import accuracy_figure, loss_figure
+
+    history = [{"epoch": e, "loss": 1.0 / e, "soft": 0.6 / e, "hard": 0.4 / e, "loss_terms": ["hard", "soft"],
+                "test_accuracy": 0.5 + 0.1 * e} for e in (1, 2)]
+    loss = loss_figure(history[:1]).axes[0]  # a one-epoch run: a point, not an invisible line
+    assert [line.get_label() for line in loss.get_lines()] == ["total", "hard", "soft"]
+    assert all(line.get_marker() not in (None, "", "None") for line in loss.get_lines())
+    axes = accuracy_figure(history, {"ensemble": {"accuracy": 0.8}, "oracle": {"accuracy": 0.9}}).axes[0]
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # never 1.2 or 1.4 epochs
+    assert axes.get_xlabel() == "epoch" and axes.get_ylabel() == "test accuracy"
+    references = {line.get_label(): line.get_ydata()[0] for line in axes.get_lines()[1:]}
+    assert references == {"teachers together (mean) 0.800": 0.8, "teacher oracle 0.900": 0.9}
 
 
 def test_run_listing_reads_the_run_folders(finished_run, runs_dir, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from amalgam.app import RunManager, build_app, sample_image
+from amalgam.app import APP_CSS, RunManager, build_app, sample_image
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -44,7 +44,7 @@ def app_url(demo_zoo, tmp_path_factory) -> str:
     runs_dir = tmp_path_factory.mktemp("browser-runs")
     manager = RunManager(runs_dir)
     app = build_app(runs_dir, manager)
-    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, css=APP_CSS)
     yield app.local_url
     app.close()
     manager.shutdown()
@@ -96,10 +96,11 @@ def test_choose_teachers_run_watch_and_try_the_student(page, tmp_path):
     seen = page.evaluate("window.progressSeen")
     assert seen[-1] == "100" and int(seen[0]) < 100, seen  # the bar was shown before the run ended
     expect(page.get_by_text("teacher oracle (reference)")).to_be_visible()  # the results table
+    expect(page.get_by_role("button", name="Cancel run")).to_be_disabled()  # nothing to cancel on a finished run
     expect(page.get_by_role("grid", name="per-class accuracy")).to_contain_text("vit-digits-5to9")
     page.screenshot(path=ARTIFACTS / "run-finished.png", full_page=True)
 
-    page.get_by_role("tab", name="3 · Try it").click()
+    page.get_by_role("tab", name="3 · Try").click()
     image, _ = sample_image("digits", index=3)
     image.save(tmp_path / "digit.png")
     page.locator("#try-image input[type=file]").set_input_files(tmp_path / "digit.png")
@@ -109,3 +110,13 @@ def test_choose_teachers_run_watch_and_try_the_student(page, tmp_path):
     expect(answers).to_contain_text("teacher cnn-digits-0to4")
     expect(answers).to_contain_text("teacher vit-digits-5to9")
     page.screenshot(path=ARTIFACTS / "student-tried.png", full_page=True)
+
+    page.reload()  # the browser kept the setup: the teachers and the budget come back
+    expect(page.get_by_role("grid", name="chosen teachers")).to_contain_text("cnn-digits-0to4", timeout=60_000)
+    expect(page.get_by_label("epochs")).to_have_value("2")
+    expect(page.get_by_label("learning rate")).to_have_value("0.01")
+    page.get_by_role("tab", name="5 · Runs").click()
+    expect(page.get_by_role("grid", name="every run")).to_contain_text("soft-targets", timeout=30_000)
+    page.screenshot(path=ARTIFACTS / "runs.png", full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=ARTIFACTS / "narrow-runs.png", full_page=True)

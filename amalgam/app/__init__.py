@@ -4,16 +4,17 @@
 
 Example:
     >>> from amalgam.app import build_app
-    >>> build_app("runs").launch()  # doctest: +SKIP
+    >>> build_app("runs").launch(css=APP_CSS)  # doctest: +SKIP
 """
 
 from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import ModelAnswer, Tryout, image_to_batch, sample_image
 from amalgam.app.runs import RunManager, RunRequest, RunState, RunSummary, list_runs, read_run, run_folder
 from amalgam.app.teachers import TeacherCatalog, union_markdown
-from amalgam.app.ui import build_app
+from amalgam.app.ui import APP_CSS, build_app
 
 __all__ = [
-    "ModelAnswer", "PathPolicy", "RunManager", "RunRequest", "RunState", "RunSummary", "TeacherCatalog", "Tryout", "build_app",
+    "APP_CSS", "ModelAnswer", "PathPolicy", "RunManager", "RunRequest", "RunState", "RunSummary", "TeacherCatalog",
+    "Tryout", "build_app",
     "image_to_batch", "list_runs", "read_run", "run_folder", "sample_image", "union_markdown",
 ]

@@ -46,8 +46,10 @@ class RunRequest:
     wrong with each before anything runs.
 
     Example:
-        >>> RunRequest(teachers=(), data="digits", epochs=None).problems()
-        {'teachers': 'add at least one teacher before starting a run', 'epochs': 'epochs: enter a whole number of at least 1'}
+        >>> for field, problem in RunRequest(teachers=(), data="digits", epochs=None).problems().items():
+        ...     print(f"{field}: {problem}")
+        teachers: add at least one teacher before starting a run
+        epochs: epochs: enter a whole number of at least 1
     """
 
     teachers: tuple[str, ...]
@@ -251,8 +253,9 @@ def write_outcome(state: RunState) -> None:
     """``outcome.json`` in the run's folder: how a run that did not finish ended, why, and what was asked."""
     request = state.request
     state.run_dir.mkdir(parents=True, exist_ok=True)
-    outcome = {"status": state.status, "message": state.message, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "method": request.method, "data": request.data, "teachers": list(request.teachers)}
+    ended = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    outcome = {"status": state.status, "message": state.message, "ended": ended, "method": request.method,
+               "data": request.data, "teachers": list(request.teachers)}
     (state.run_dir / OUTCOME_FILE).write_text(json.dumps(outcome, indent=2))
 
 
@@ -276,6 +279,10 @@ class RunSummary:
     teachers: tuple[str, ...]
     accuracy: float | None  # the student's; None while the run is unfinished (running, failed or cancelled)
     outcome: str = ""  # for a run without a student: "failed: <why>", "cancelled: ..." or "" (interrupted)
+    labeled_fraction: float = 0.0  # of the transfer data's labels, that the run used
+    measure: str = "accuracy"  # what ``accuracy`` is (a run measured without labels gives its agreement)
+    ensemble: float | None = None  # the teachers together (mean) on the same test images
+    oracle: float | None = None  # the teacher oracle on the same test images
 
     @property
     def finished(self) -> bool:
@@ -325,6 +332,7 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
                     accuracy=None, outcome=ended))
                 continue
             description, metrics = read_run(folder)
+            measure, score = student_score(metrics) if metrics else ("accuracy", None)
             summaries.append(RunSummary(
                 run_id=folder.name,
                 path=folder,
@@ -332,8 +340,12 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
                 method=description["method"]["name"],
                 data=str(description["data"]["name"]),
                 teachers=tuple(t["name"] for t in description["teachers"]),
-                accuracy=student_score(metrics)[1] if metrics else None,
+                accuracy=score,
                 outcome=ended,
+                labeled_fraction=float(description["data"].get("labeled_fraction") or 0.0),
+                measure=measure,
+                ensemble=(metrics or {}).get("ensemble", {}).get("accuracy"),
+                oracle=(metrics or {}).get("oracle", {}).get("accuracy"),
             ))
         except (AmalgamError, ValueError, KeyError, TypeError) as err:
             logger.warning("skipping %s: %s", folder, err)  # one damaged folder must not hide the others

@@ -20,12 +20,14 @@ from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
 from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import Tryout, sample_image
 from amalgam.app.runs import (
-    FINISHED, RequestError, RunManager, RunRequest, RunState, list_runs, read_outcome, read_run, run_folder,
+    FINISHED, QUEUED, RUNNING, RequestError, RunManager, RunRequest, RunState, list_runs, read_outcome, read_run,
+    run_folder,
 )
 from amalgam.app.teachers import TEACHER_COLUMNS, teacher_rows, union_markdown
 from amalgam.app.views import (
-    confusion_figure, curves_frame, method_markdown, method_options_json, parse_method_options,
-    per_class_frame, progress_html, results_markdown,
+    PER_CLASS_COLUMNS, RUN_COLUMNS, accuracy_figure, answer_markdown, compare_figure, confusion_figure,
+    loss_figure, method_markdown, method_options_json, parse_method_options, per_class_frame, progress_html,
+    results_frame, results_markdown, runs_frame,
 )
 from amalgam.data.augment import AUGMENTATIONS
 from amalgam.engine.label_free import student_score
@@ -36,12 +38,18 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how often a watched run's page is refreshed
 ANSWER_COLUMNS = ["model", "top classes", "milliseconds"]
-PER_CLASS_COLUMNS = ["class", "student accuracy", "known by"]
 # where each RunRequest field's problem is shown on the Setup tab: under the teachers, the method options, the
 # labeled fraction and epochs row, the learning rate and student row, and the augmentation
 PROBLEM_SLOTS = {"teachers": 0, "method_options": 1, "labeled_fraction": 2, "epochs": 2, "lr": 3, "student": 3,
                  "augment": 4}
+# the Setup tab's fields a reload keeps (in the browser's storage), in the order of the page's inputs
+KEPT_FIELDS = ("data_kind", "data_text", "eval_text", "method", "options", "labeled", "epochs", "lr", "student",
+               "augment")
 NO_RUN = "*No run chosen yet: start one, or choose a finished run in the Run tab.*"
+# Gradio 6 takes a stylesheet only at launch(): app.py passes this one
+APP_CSS = """
+#try-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+"""
 
 
 def _error(err: Exception) -> str:
@@ -101,7 +109,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
     def run_choices() -> list[tuple[str, str]]:
         saved = {summary.run_id: summary.label for summary in list_runs(runs_dir)}
         for state in manager.live():  # a queued run has no folder yet; a running one is not finished
-            saved[state.run_id] = f"{state.run_id} · {state.status}"
+            # not its status, which would go stale in the list (queued, then running): the Run tab shows that
+            saved[state.run_id] = f"{state.run_id} · in progress"
         return [(label, run_id) for run_id, label in sorted(saved.items(), reverse=True)]
 
     # ---- teachers
@@ -130,8 +139,32 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
     def choose_data(kind: str) -> tuple:
         return gr.Textbox(visible=kind == HUB_OR_FOLDER), gr.File(visible=kind == ZIP_UPLOAD)
 
-    def choose_method(name: str) -> tuple[str, str]:
-        return method_markdown(name), method_options_json(name)
+    def choose_method(name: str, kept: dict | None = None) -> tuple[str, str]:
+        # the options this browser kept for this method (see restore) survive the change a restore sets off
+        kept = kept or {}
+        options_text = kept["options"] if kept.get("method") == name and kept.get("options") else None
+        return method_markdown(name), options_text or method_options_json(name)
+
+    # ---- the page's state, kept in the browser across a reload
+    def remember(sources: list[str], *values: Any) -> dict:
+        return {"sources": list(sources), **dict(zip(KEPT_FIELDS, values))}
+
+    def restore(kept: dict | None, run_id: str | None) -> tuple:
+        kept = kept or {}
+        chosen, lost = [], []
+        for source in kept.get("sources", []):
+            try:
+                catalog.load(source)
+                chosen.append(source)
+            except Exception:  # noqa: BLE001 - a teacher gone since: said in the page, the rest restored
+                lost.append(source)
+        note = f"Kept from your last visit: {len(chosen)} teacher(s)." if chosen else ""
+        if lost:
+            note += f" No longer available: {', '.join(lost)}."
+        live = [state.run_id for state in manager.live()]  # reattach the page to the newest run still going
+        picker = gr.Dropdown(choices=run_choices(), value=live[-1] if live and not run_id else run_id)
+        fields = [kept[name] if name in kept else gr.skip() for name in KEPT_FIELDS]
+        return (*show_teachers(chosen, note), *fields, picker)
 
     # ---- runs
     def start_run(sources: list[str], kind: str, text: str, upload: str | None, method: str, options: str,
@@ -150,7 +183,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
             request = RunRequest(
                 teachers=tuple(sources), data="", method=method, method_options=parse_method_options(options),
                 labeled_fraction=labeled_fraction, epochs=epochs, lr=lr,
-                student=(student or "").strip() or DEFAULT_STUDENT, eval_data=eval_data, augment=",".join(augment or []),
+                student=(student or "").strip() or DEFAULT_STUDENT, eval_data=eval_data,
+                augment=",".join(augment or []),
             )
             # everything else first: an upload is unpacked only for a request that can run
             request.check([catalog.load(source) for source in sources])
@@ -167,41 +201,42 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                 f"Started run **{state.run_id}**; watch it in the *Run* tab.", *beside)
 
     def saved_view(run_id: str | None) -> tuple:
-        empty = curves_frame([])
-        blank = (empty, empty, "", pd.DataFrame(columns=PER_CLASS_COLUMNS), None)
+        blank = (loss_figure([]), accuracy_figure([]), "", None, pd.DataFrame(columns=PER_CLASS_COLUMNS), None)
+        idle = gr.Button(interactive=False)  # nothing to cancel on a run that is over
         if not run_id:
-            return ("", "Start a run, or choose one from the list.", *blank, NO_RUN, NO_RUN)
+            return ("", "Start a run, or choose one from the list.", *blank, NO_RUN, NO_RUN, idle)
         try:
             folder = run_folder(runs_dir, run_id)
             outcome = read_outcome(folder)
             planned = outcome is None or (folder / "run.json").is_file()  # else it failed before it was planned
             description, metrics = read_run(folder) if planned else (None, None)
         except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
-            return ("", _error(err), *blank, NO_RUN, NO_RUN)
+            return ("", _error(err), *blank, NO_RUN, NO_RUN, idle)
         if metrics is None:
             why = (f"{outcome['status']}: {html.escape(str(outcome['message']), quote=False)}" if outcome
                    else "unfinished (interrupted)")
             note = f"Run **{run_id}** {why}. It has no student."
-            return ("", note, *blank, note, note)
-        curves = curves_frame(metrics.get("history", []))
+            return ("", note, *blank, note, note, idle)
+        history = metrics.get("history", [])
         measure, score = student_score(metrics)
         chosen = f"Run **{run_id}** · student `{metrics['student']['architecture']}` · {measure} {score:.4f}"
         labeled = "confusion" in metrics["student"]  # a run measured without labels has no per-class view
         return (
             progress_html(1.0, f"finished · student {measure} {score:.4f}"),
             f"Run **{run_id}**: finished, student {measure} **{score:.4f}**.",
-            curves, curves, results_markdown(description, metrics),
-            per_class_frame(description, metrics) if labeled else blank[3],
+            loss_figure(history), accuracy_figure(history, metrics), results_markdown(description, metrics),
+            results_frame(metrics), per_class_frame(description, metrics) if labeled else blank[4],
             confusion_figure(metrics, description["label_space"]["classes"]) if labeled else None,
-            chosen, chosen,
+            chosen, chosen, idle,
         )
 
     def live_view(state: RunState) -> tuple:
-        curves = curves_frame(state.history)
         status = state.describe()
         waiting = f"Run **{state.run_id}** is not finished yet."
         return (progress_html(state.fraction, status), f"Run **{state.run_id}**: {html.escape(status, quote=False)}",
-                curves, curves, "", pd.DataFrame(columns=PER_CLASS_COLUMNS), None, waiting, waiting)
+                loss_figure(state.history), accuracy_figure(state.history), "", None,
+                pd.DataFrame(columns=PER_CLASS_COLUMNS), None, waiting, waiting,
+                gr.Button(interactive=state.status in (QUEUED, RUNNING)))
 
     def watch_run(run_id: str | None, request: gr.Request) -> Iterator[tuple]:
         session = request.session_hash or ""
@@ -215,7 +250,10 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
             ended = state.done  # read first: a run's status is final before it is marked ended
             if (state.status, len(state.history)) != shown:
                 shown = (state.status, len(state.history))
-                yield saved_view(run_id) if state.status == FINISHED else live_view(state)
+                view = saved_view(run_id) if state.status == FINISHED else live_view(state)
+                if watching.get(session) != run_id:  # the page moved on while this view was made
+                    return
+                yield view
             if ended:
                 return
             state.ended.wait(POLL_SECONDS)
@@ -228,6 +266,26 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
     def refresh_runs(run_id: str | None) -> Any:
         return gr.Dropdown(choices=run_choices(), value=run_id)
 
+    # ---- all runs
+    def runs_table() -> tuple:
+        summaries = list_runs(runs_dir)
+        return runs_frame(summaries), gr.Dropdown(choices=[s.run_id for s in summaries])
+
+    def compare_runs(run_ids: list[str] | None) -> tuple:
+        try:
+            if len(run_ids or []) < 2:
+                raise AmalgamError("choose two or more runs to compare")
+            histories = {}
+            for run_id in run_ids:
+                _, metrics = read_run(run_folder(runs_dir, run_id))
+                if metrics is None:
+                    raise AmalgamError(f"run {run_id} has no student (it did not finish): choose finished runs")
+                histories[run_id] = metrics.get("history", [])
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return None, gr.skip(), _error(err)
+        chosen = [s for s in list_runs(runs_dir) if s.run_id in histories]
+        return compare_figure(histories), runs_frame(chosen), f"Comparing {len(chosen)} runs."
+
     # ---- try it
     def predict(run_id: str | None, image: Any) -> tuple:
         try:
@@ -238,8 +296,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
             return None, pd.DataFrame(columns=ANSWER_COLUMNS), _error(err)
         rows = [[answer.model, ", ".join(f"{name} ({p:.2f})" for name, p in answer.top) or answer.error,
                  round(answer.milliseconds, 1)] for answer in answers]
-        student = dict(answers[0].top)
-        return student, pd.DataFrame(rows, columns=ANSWER_COLUMNS), f"The student says **{answers[0].top[0][0]}**."
+        return dict(answers[0].top), pd.DataFrame(rows, columns=ANSWER_COLUMNS), answer_markdown(*answers[0].top[0])
 
     def sample(run_id: str | None) -> tuple:
         try:
@@ -271,8 +328,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         gr.Markdown("# amalgam\nDistil several pretrained teachers, each with its own classes, into one small "
                     "student: choose teachers, data and a method, watch the run, try the student, publish it.")
         sources = gr.State([])
+        kept = gr.BrowserState({}, storage_key="amalgam-setup")  # the Setup tab across reloads (see restore)
         with gr.Tabs() as tabs:
-            with gr.Tab("1 · Teachers, data, method", id="setup"):
+            with gr.Tab("1 · Setup", id="setup"):
                 with gr.Row():
                     with gr.Column(scale=3):
                         gr.Markdown("### Teachers")
@@ -307,7 +365,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                         budget_problem = gr.Markdown(elem_classes="field-problem")
                         with gr.Row():
                             lr = gr.Number(3e-3, label="learning rate")
-                            student = gr.Textbox(DEFAULT_STUDENT, label="student (timm name, hf-hub:timm/<name> or folder)")
+                            student = gr.Textbox(DEFAULT_STUDENT,
+                                                 label="student (timm name, hf-hub:timm/<name> or folder)")
                         training_problem = gr.Markdown(elem_classes="field-problem")
                         augment = gr.CheckboxGroup(list(AUGMENTATIONS), value=[], label="augmentation (the "
                                                    "student and every teacher see the same view)",
@@ -323,17 +382,17 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                     cancel = gr.Button("Cancel run", variant="stop", scale=1)
                 progress = gr.HTML(elem_id="run-progress")
                 status = gr.Markdown()
-                with gr.Row():
-                    loss_plot = gr.LinePlot(curves_frame([]), x="epoch", y="loss",
-                                            title="training loss", height=260)
-                    accuracy_plot = gr.LinePlot(curves_frame([]), x="epoch", y="test_accuracy",
-                                                title="student test accuracy", y_lim=[0, 1], height=260)
+                with gr.Row():  # the figures carry their own titles: no label badge over them
+                    loss_plot = gr.Plot(loss_figure([]), show_label=False, elem_id="loss-plot")
+                    accuracy_plot = gr.Plot(accuracy_figure([]), show_label=False, elem_id="accuracy-plot")
                 results = gr.Markdown()
+                results_table = gr.Dataframe(label="results (the student's row highlighted)", interactive=False,
+                                             wrap=True)
                 with gr.Row():
                     per_class = gr.Dataframe(pd.DataFrame(columns=PER_CLASS_COLUMNS), label="per-class accuracy",
                                              interactive=False)
-                    confusion = gr.Plot(label="confusion matrix")
-            with gr.Tab("3 · Try it", id="try"):
+                    confusion = gr.Plot(show_label=False)
+            with gr.Tab("3 · Try", id="try"):
                 try_run = gr.Markdown(NO_RUN)
                 with gr.Row():
                     with gr.Column():
@@ -358,6 +417,16 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                     demo = gr.Checkbox(True, label="also publish a demo Space (<repo id>-demo)")
                 push = gr.Button("Publish", variant="primary")
                 publish_message = gr.Markdown()
+            with gr.Tab("5 · Runs", id="runs") as runs_tab:
+                all_runs = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), label="every run", interactive=False,
+                                        wrap=True)
+                with gr.Row():
+                    compared = gr.Dropdown([], multiselect=True, label="runs to compare (two or more)", scale=4)
+                    compare = gr.Button("Compare", variant="primary", scale=1)
+                compare_message = gr.Markdown()
+                compare_plot = gr.Plot(show_label=False)
+                compare_table = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), label="the compared runs",
+                                             interactive=False, wrap=True)
 
         teacher_outputs = [sources, teacher_table, union, teacher_message]
         add.click(add_teacher, [source, sources], teacher_outputs, api_name="add_teacher")
@@ -365,25 +434,32 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         add_demo.click(add_demo_teachers, [sources], teacher_outputs, api_name="add_demo_teachers")
         clear.click(lambda: show_teachers([], "No teachers chosen."), None, teacher_outputs, api_name="clear_teachers")
         data_kind.change(choose_data, [data_kind], [data_text, data_zip], api_visibility="private")
-        method.change(choose_method, [method], [method_info, options], api_name="describe_method")
+        method.change(choose_method, [method, kept], [method_info, options], api_name="describe_method")
 
         start.click(start_run, [sources, data_kind, data_text, data_zip, method, options, labeled, epochs, lr,
                                 student, eval_text, augment],
                     [run_picker, tabs, start_message, teachers_problem, options_problem, budget_problem,
                      training_problem, augment_problem], api_name="start_run")
-        view = [progress, status, loss_plot, accuracy_plot, results, per_class, confusion, try_run, publish_run]
+        view = [progress, status, loss_plot, accuracy_plot, results, results_table, per_class, confusion, try_run,
+                publish_run, cancel]
         # Watching is a generator that polls the run; several pages may watch at once, hence no concurrency limit.
         watched = run_picker.change(watch_run, [run_picker], view, api_name="watch_run", trigger_mode="multiple",
                                     concurrency_limit=None, show_progress="hidden")
         watched.then(refresh_runs, [run_picker], [run_picker], api_visibility="private")  # its label has changed
         refresh.click(refresh_runs, [run_picker], [run_picker], api_name="list_runs")
         cancel.click(cancel_run, [run_picker], [status], api_name="cancel_run")
-        app.load(refresh_runs, [run_picker], [run_picker], api_visibility="private")
+        kept_inputs = [data_kind, data_text, eval_text, method, options, labeled, epochs, lr, student, augment]
+        for component in [sources, *kept_inputs]:
+            component.change(remember, [sources, *kept_inputs], [kept], api_visibility="private")
+        app.load(restore, [kept, run_picker], [*teacher_outputs, *kept_inputs, run_picker], api_visibility="private")
+        runs_tab.select(runs_table, None, [all_runs, compared], api_name="runs_table")
+        compare.click(compare_runs, [compared], [compare_plot, compare_table, compare_message], api_name="compare_runs")
 
         predict_inputs = [run_picker, image]
         predict_outputs = [student_answer, answers, try_message]
         classify.click(predict, predict_inputs, predict_outputs, api_name="predict")
         image.upload(predict, predict_inputs, predict_outputs, api_visibility="private")
+        image.upload(lambda: "", None, [sample_note], api_visibility="private")  # the sample's true class is gone
         take_sample.click(sample, [run_picker], [image, sample_note], api_name="sample_image").success(
             predict, predict_inputs, predict_outputs, api_visibility="private")
         # Not "public": Gradio keeps the inputs of public endpoints in the browser's run history, token included.
