@@ -29,7 +29,7 @@ from amalgam.app.data import ZIP_UPLOAD, extract_image_zip
 from amalgam.app.predict import batch_to_image
 from amalgam.app.runs import CANCELLED, QUEUED, RequestError
 from amalgam.data import load_data
-from amalgam.errors import DataError
+from amalgam.errors import AmalgamError, DataError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hubserver import LocalHub, client_env  # noqa: E402
@@ -67,7 +67,7 @@ def client(demo_zoo, runs_dir) -> Client:
 @pytest.fixture(scope="module")
 def finished_run(client, runs_dir) -> dict:
     """The two demo teachers added in the page, then a 2-epoch run on digits, watched until it ends."""
-    _, union, message = client.predict(api_name="/add_demo_teachers")
+    _, union, _, message = client.predict(api_name="/add_demo_teachers")
     assert "Added the 2 demo teachers" in message and "10 classes" in union
     picker, started, *_ = client.predict(*DIGITS_RUN, api_name="/start_run")
     run_id = picker["value"]
@@ -79,7 +79,8 @@ def finished_run(client, runs_dir) -> dict:
 
 
 def test_demo_teachers_and_union_label_space(client, finished_run):
-    table, union, _ = client.predict(api_name="/add_demo_teachers")  # already chosen: added once only
+    table, union, removable, _ = client.predict(api_name="/add_demo_teachers")  # already chosen: added once only
+    assert len(removable["choices"]) == 2  # each chosen teacher can be removed on its own
     rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
     assert set(rows) == {"cnn-digits-0to4", "vit-digits-5to9"}
     assert rows["cnn-digits-0to4"]["architecture"] == "test_resnet"
@@ -113,6 +114,54 @@ def test_a_run_is_watched_to_its_end_and_its_results_shown(finished_run, runs_di
     assert per_class["3"][0] == pytest.approx(metrics["student"]["per_class"]["3"], abs=1e-4)
     assert per_class["3"][1] == pytest.approx(metrics["teachers"]["cnn-digits-0to4"]["per_class"]["3"], abs=1e-4)
     assert per_class["7"][2] == "vit-digits-5to9"
+
+
+def test_one_teacher_is_removed_and_the_union_shrinks(client, finished_run, demo_zoo):
+    vit = str(demo_zoo[1])
+    table, union, removable, message = client.predict(vit, api_name="/remove_teacher")
+    try:
+        assert [row[0] for row in table["data"]] == ["cnn-digits-0to4"] and "5 classes" in union
+        assert [value for _, value in removable["choices"]] == [str(demo_zoo[0])]
+        *_, message = client.predict(None, api_name="/remove_teacher")  # Remove pressed with none chosen
+        assert "choose a chosen teacher to remove" in message
+    finally:
+        client.predict(api_name="/add_demo_teachers")  # the module's later tests expect both
+
+
+def test_a_finished_run_downloads_as_a_loadable_student_and_previews_its_card(client, finished_run, tmp_path):
+    from amalgam.students import Student
+
+    shown, message = client.predict(finished_run["run_id"], api_name="/download_run")
+    assert shown["visible"] is True  # the file box appears with the zip
+    with zipfile.ZipFile(shown["value"]) as zipped:
+        assert {"run.json", "metrics.json", "student/model.safetensors"} <= set(zipped.namelist())
+        zipped.extractall(tmp_path)
+    assert Student.from_pretrained(tmp_path / "student").class_names == DIGITS
+    *_, message = client.predict("../nope", api_name="/download_run")
+    assert "is not a run of this app" in message
+    card, message = client.predict(finished_run["run_id"], "org/digits-student", True, api_name="/preview_card")
+    assert 'Student.from_pretrained("org/digits-student")' in card and "org/digits-student-demo" in card
+    assert "pipeline_tag" not in card  # the metadata header is left out of the preview
+    _, message = client.predict(finished_run["run_id"], "not a repo id", False, api_name="/preview_card")
+    assert "Error" in message
+
+
+def test_a_run_is_deleted_from_the_runs_tab_but_a_live_one_is_refused(client, finished_run, runs_dir, demo_zoo):
+    copy = runs_dir / "run-to-delete"
+    shutil.copytree(runs_dir / finished_run["run_id"], copy)
+    client.predict(api_name="/runs_table")
+    table, picker, message = client.predict([copy.name], api_name="/delete_runs")
+    assert not copy.exists() and "Deleted 1 run(s): run-to-delete" in message
+    assert copy.name not in [row[0] for row in table["data"]] and finished_run["run_id"] in [r[0] for r in table["data"]]
+    *_, message = client.predict([], api_name="/delete_runs")
+    assert "nothing was deleted" in message
+    manager = RunManager(runs_dir / "live")
+    live = manager.submit(RunRequest(tuple(map(str, demo_zoo)), "digits", epochs=200))
+    try:
+        with pytest.raises(AmalgamError, match="cancel it before deleting it"):
+            manager.delete(live.run_id)
+    finally:
+        manager.shutdown()
 
 
 def test_the_runs_tab_lists_every_run_with_its_gaps_and_compares_them(client, finished_run, runs_dir):

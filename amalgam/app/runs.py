@@ -6,7 +6,10 @@ import json
 import math
 import logging
 import re
+import shutil
+import tempfile
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -202,6 +205,18 @@ class RunManager:
         state.cancel_requested.set()
         return True
 
+    def delete(self, run_id: str) -> None:
+        """Delete run ``run_id``'s folder; a run still queued or running is refused (cancel it first)."""
+        folder = run_folder(self.runs_dir, run_id)
+        state = self.get(run_id)
+        if state is not None and not state.done:
+            raise AmalgamError(f"run {run_id} is still {state.status}: cancel it before deleting it")
+        if not folder.is_dir():
+            raise AmalgamError(f"there is no run {run_id} to delete")
+        shutil.rmtree(folder)
+        with self._lock:
+            self._runs.pop(run_id, None)
+
     def shutdown(self) -> None:
         """Cancel every live run and wait for the threads to end (used when the app closes)."""
         for state in self.live():
@@ -350,6 +365,25 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
         except (AmalgamError, ValueError, KeyError, TypeError) as err:
             logger.warning("skipping %s: %s", folder, err)  # one damaged folder must not hide the others
     return sorted(summaries, key=lambda s: (s.created, s.run_id), reverse=True)
+
+
+def archive_run(run_dir: Path) -> Path:
+    """A zip of a finished run, in a fresh temporary folder: its ``student/`` (what ``Student.from_pretrained``
+    loads once unzipped), ``run.json`` and ``metrics.json``.
+
+    >>> archive_run(Path("no/such/run"))
+    Traceback (most recent call last):
+    ...
+    amalgam.errors.AmalgamError: run 'run' has no student to download (it did not finish)
+    """
+    if not (run_dir / "student" / "model.safetensors").is_file():
+        raise AmalgamError(f"run {run_dir.name!r} has no student to download (it did not finish)")
+    archive = Path(tempfile.mkdtemp(prefix="amalgam-download-")) / f"{run_dir.name}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        files = [path for path in sorted((run_dir / "student").rglob("*")) if path.is_file()]
+        for path in [*files, run_dir / "run.json", run_dir / "metrics.json"]:
+            zipped.write(path, path.relative_to(run_dir).as_posix())
+    return archive
 
 
 def run_folder(runs_dir: str | Path, run_id: str | None) -> Path:

@@ -20,8 +20,8 @@ from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
 from amalgam.app.paths import PathPolicy
 from amalgam.app.predict import Tryout, sample_image
 from amalgam.app.runs import (
-    FINISHED, QUEUED, RUNNING, RequestError, RunManager, RunRequest, RunState, list_runs, read_outcome, read_run,
-    run_folder,
+    FINISHED, QUEUED, RUNNING, RequestError, RunManager, RunRequest, RunState, archive_run, list_runs, read_outcome,
+    read_run, run_folder,
 )
 from amalgam.app.teachers import TEACHER_COLUMNS, teacher_rows, union_markdown
 from amalgam.app.views import (
@@ -116,7 +116,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
     # ---- teachers
     def show_teachers(sources: list[str], message: str) -> tuple:
         teachers = [catalog.load(source) for source in sources]
-        return sources, pd.DataFrame(teacher_rows(teachers), columns=TEACHER_COLUMNS), union_markdown(teachers), message
+        return (sources, pd.DataFrame(teacher_rows(teachers), columns=TEACHER_COLUMNS), union_markdown(teachers),
+                gr.Dropdown(choices=list(sources), value=None), message)
 
     def add_teacher(source: str, sources: list[str]) -> tuple:
         try:
@@ -126,14 +127,20 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                 return show_teachers(sources, f"**{teacher.name}** is already chosen.")
             return show_teachers([*sources, source.strip()], f"Added teacher **{teacher.name}**.")
         except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
-            return gr.skip(), gr.skip(), gr.skip(), _error(err)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error(err)
 
-    def add_demo_teachers(sources: list[str]) -> tuple:
+    def add_demo_teachers(sources: list[str], progress: gr.Progress = gr.Progress()) -> tuple:
         try:
+            progress(0.0, desc="the demo teachers: trained on first use (about a minute on 2 CPU cores), then loaded")
             new = [source for source in catalog.demo_sources() if source not in sources]
             return show_teachers([*sources, *new], f"Added the {len(new)} demo teachers (digits 0-4 and 5-9).")
         except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
-            return gr.skip(), gr.skip(), gr.skip(), _error(err)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error(err)
+
+    def remove_teacher(source: str | None, sources: list[str]) -> tuple:
+        if not source or source not in sources:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error(AmalgamError("choose a chosen teacher to remove"))
+        return show_teachers([s for s in sources if s != source], f"Removed teacher `{source}`.")
 
     # ---- data and method
     def choose_data(kind: str) -> tuple:
@@ -286,6 +293,16 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         chosen = [s for s in list_runs(runs_dir) if s.run_id in histories]
         return compare_figure(histories), runs_frame(chosen), f"Comparing {len(chosen)} runs."
 
+    def delete_runs(run_ids: list[str] | None) -> tuple:
+        try:
+            if not run_ids:
+                raise AmalgamError("choose the runs to delete first (nothing was deleted)")
+            for run_id in run_ids:
+                manager.delete(run_id)
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return (*runs_table(), _error(err))
+        return (*runs_table(), f"Deleted {len(run_ids)} run(s): {', '.join(run_ids)}.")
+
     # ---- try it
     def predict(run_id: str | None, image: Any) -> tuple:
         try:
@@ -307,6 +324,26 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         return image, f"A test image of `{description['data']['name']}`; its true class is **{label}**."
 
     # ---- publish
+    def preview_card(run_id: str | None, repo_id: str, demo: bool) -> tuple:
+        from amalgam.publish import load_run, render_model_card, split_card
+        from amalgam.publish.push import check_target
+
+        try:
+            repo_id = (repo_id or "").strip() or "your-name/student"
+            card = render_model_card(load_run(run_folder(runs_dir, run_id)), repo_id,
+                                     space_id=check_target(repo_id, bool(demo), None))
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return gr.skip(), _error(err)
+        return split_card(card)[1], f"The model card `{repo_id}` would get (its metadata header left out):"
+
+    def download_run(run_id: str | None) -> tuple:
+        try:
+            archive = archive_run(run_folder(runs_dir, run_id))
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return gr.skip(), _error(err)
+        return gr.File(str(archive), visible=True), f"`{archive.name}`: unzip it and load `student/` with " \
+            "`Student.from_pretrained`."
+
     def publish(run_id: str | None, repo_id: str, token: str, private: bool, demo: bool) -> str:
         from amalgam.publish import push_run
 
@@ -341,6 +378,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                         with gr.Row():
                             add_demo = gr.Button("Add the two demo teachers (digits)", variant="secondary")
                             clear = gr.Button("Clear teachers", variant="secondary")
+                        with gr.Row():
+                            removed = gr.Dropdown([], label="a chosen teacher", scale=4)
+                            remove = gr.Button("Remove it", variant="secondary", scale=1)
                         teacher_message = gr.Markdown()
                         teacher_table = gr.Dataframe(pd.DataFrame(columns=TEACHER_COLUMNS), label="chosen teachers",
                                                      interactive=False, wrap=True)
@@ -415,24 +455,31 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                 with gr.Row():
                     private = gr.Checkbox(False, label="private")
                     demo = gr.Checkbox(True, label="also publish a demo Space (<repo id>-demo)")
-                push = gr.Button("Publish", variant="primary")
+                with gr.Row():
+                    push = gr.Button("Publish", variant="primary")
+                    preview = gr.Button("Preview the model card")
+                    download = gr.Button("Download the student (zip)")
                 publish_message = gr.Markdown()
+                download_file = gr.File(label="the student, run.json and metrics.json", visible=False)
+                card_preview = gr.Markdown(elem_id="card-preview")
             with gr.Tab("5 · Runs", id="runs") as runs_tab:
                 all_runs = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), label="every run", interactive=False,
                                         wrap=True)
                 with gr.Row():
                     compared = gr.Dropdown([], multiselect=True, label="runs to compare (two or more)", scale=4)
                     compare = gr.Button("Compare", variant="primary", scale=1)
+                    delete = gr.Button("Delete", variant="stop", scale=1)
                 compare_message = gr.Markdown()
                 compare_plot = gr.Plot(show_label=False)
                 compare_table = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), label="the compared runs",
                                              interactive=False, wrap=True)
 
-        teacher_outputs = [sources, teacher_table, union, teacher_message]
+        teacher_outputs = [sources, teacher_table, union, removed, teacher_message]
         add.click(add_teacher, [source, sources], teacher_outputs, api_name="add_teacher")
         source.submit(add_teacher, [source, sources], teacher_outputs, api_visibility="private")
         add_demo.click(add_demo_teachers, [sources], teacher_outputs, api_name="add_demo_teachers")
         clear.click(lambda: show_teachers([], "No teachers chosen."), None, teacher_outputs, api_name="clear_teachers")
+        remove.click(remove_teacher, [removed, sources], teacher_outputs, api_name="remove_teacher")
         data_kind.change(choose_data, [data_kind], [data_text, data_zip], api_visibility="private")
         method.change(choose_method, [method, kept], [method_info, options], api_name="describe_method")
 
@@ -454,6 +501,10 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         app.load(restore, [kept, run_picker], [*teacher_outputs, *kept_inputs, run_picker], api_visibility="private")
         runs_tab.select(runs_table, None, [all_runs, compared], api_name="runs_table")
         compare.click(compare_runs, [compared], [compare_plot, compare_table, compare_message], api_name="compare_runs")
+        # the browser asks first; a refusal sends no runs, which deletes nothing
+        delete.click(delete_runs, [compared], [all_runs, compared, compare_message], api_name="delete_runs",
+                     js="(ids) => (ids && ids.length && confirm('Delete ' + ids.length + ' run(s) and their "
+                        "students? This cannot be undone.')) ? ids : []")
 
         predict_inputs = [run_picker, image]
         predict_outputs = [student_answer, answers, try_message]
@@ -462,6 +513,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         image.upload(lambda: "", None, [sample_note], api_visibility="private")  # the sample's true class is gone
         take_sample.click(sample, [run_picker], [image, sample_note], api_name="sample_image").success(
             predict, predict_inputs, predict_outputs, api_visibility="private")
+        preview.click(preview_card, [run_picker, repo_id, demo], [card_preview, publish_message],
+                      api_name="preview_card")
+        download.click(download_run, [run_picker], [download_file, publish_message], api_name="download_run")
         # Not "public": Gradio keeps the inputs of public endpoints in the browser's run history, token included.
         push.click(publish, [run_picker, repo_id, token, private, demo], [publish_message], api_name="publish",
                    api_visibility="undocumented")
