@@ -485,9 +485,10 @@ def test_case10_an_upload_is_unpacked_only_for_a_request_that_can_run(served, tm
     client = served["client"]
     client.predict(api_name="/add_demo_teachers")
     archive = _zip_of_images(tmp_path / "upload.zip", 6)
-    _, message = client.predict(ZIP_UPLOAD, "", handle_file(str(archive)), "soft-targets", '{"temprature": 2}', 0.0,
-                                1, 0.01, "test_efficientnet", "", api_name="/start_run")
-    assert "has no option(s) ['temprature']" in message
+    _, message, _, options, *_ = client.predict(ZIP_UPLOAD, "", handle_file(str(archive)), "soft-targets",
+                                                '{"temprature": 2}', 0.0, 1, 0.01, "test_efficientnet", "",
+                                                api_name="/start_run")
+    assert "fix the fields marked below" in message and "has no option(s) ['temprature']" in options  # beside it
     assert not (served["runs"] / ".uploads").exists() or not any((served["runs"] / ".uploads").iterdir())
 
 
@@ -505,11 +506,11 @@ def test_case11_beyond_loopback_server_folders_are_refused_outside_the_allowed_o
     assert "is a folder on the server" in message
     *_, message = client.predict(str(served["allowed"] / "cnn"), api_name="/add_teacher")
     assert message.startswith("Added teacher")
-    _, message = client.predict("a datasets id or folder", "/usr/share", None, "soft-targets", "{}", 0.0, 1, 0.01,
-                                "test_efficientnet", "", api_name="/start_run")
+    _, message, *_ = client.predict("a datasets id or folder", "/usr/share", None, "soft-targets", "{}", 0.0, 1, 0.01,
+                                    "test_efficientnet", "", api_name="/start_run")
     assert "data '/usr/share' is a folder on the server" in message
-    _, message = client.predict("digits", "", None, "soft-targets", "{}", 0.0, 1, 0.01, "test_efficientnet",
-                                "/usr/share", api_name="/start_run")
+    _, message, *_ = client.predict("digits", "", None, "soft-targets", "{}", 0.0, 1, 0.01, "test_efficientnet",
+                                    "/usr/share", api_name="/start_run")
     assert "evaluation data '/usr/share' is a folder on the server" in message
 
 
