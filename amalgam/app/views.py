@@ -7,6 +7,7 @@ import json
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -102,8 +103,7 @@ def progress_html(fraction: float, text: str) -> str:
             f'<p style="margin: 4px 0 0 0;">{percent}% · {html.escape(text, quote=False)}</p>')
 
 
-def _epoch_axes(figure: Figure, ylabel: str):
-    axes = figure.add_subplot()
+def _epoch_axes(axes: Axes, ylabel: str) -> Axes:
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, never 1.2 or 1.4
@@ -120,7 +120,7 @@ def loss_figure(history: Sequence[Mapping[str, Any]]) -> Figure:
     ['total', 'hard', 'soft']
     """
     figure = Figure(figsize=(5.5, 3.2), layout="constrained")
-    axes = _epoch_axes(figure, "training loss (mean per batch)")
+    axes = _epoch_axes(figure.add_subplot(), "training loss (mean per batch)")
     epochs = [record["epoch"] for record in history]
     axes.plot(epochs, [record["loss"] for record in history], marker="o", linewidth=2.2, label="total")
     terms = history[-1].get("loss_terms", []) if history else []
@@ -142,7 +142,7 @@ def accuracy_figure(history: Sequence[Mapping[str, Any]], metrics: Mapping[str, 
     ['student', 'teachers together (mean) 0.850', 'teacher oracle 0.950']
     """
     figure = Figure(figsize=(5.5, 3.2), layout="constrained")
-    axes = _epoch_axes(figure, "test accuracy")
+    axes = _epoch_axes(figure.add_subplot(), "test accuracy")
     measured = [record for record in history if record.get("test_accuracy") is not None]
     axes.plot([r["epoch"] for r in measured], [r["test_accuracy"] for r in measured], marker="o", linewidth=2.2,
               label="student")
@@ -290,10 +290,7 @@ def compare_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figu
         for run_id, history in histories.items():
             points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
             axes.plot([e for e, _ in points], [v for _, v in points], marker="o", label=run_id)
-        axes.set_xlabel("epoch")
-        axes.set_title(title)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.grid(alpha=0.3)
+        _epoch_axes(axes, title).set_title(title)
     accuracy.set_ylim(0, 1.02)
     if histories:
         accuracy.legend(fontsize=7, loc="lower right")
