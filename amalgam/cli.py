@@ -215,9 +215,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
     result = push_run(args.run_dir, args.repo_id, private=args.private, demo=args.demo, timm_export=args.timm,
                       space_id=args.space_id, license=args.license)
-    print(f"model: {result.model_url} (commit {result.commit})")
+    print(f"model: {result.model_url} ({result.model_news})")
     if result.space_url:
-        print(f"space: {result.space_url}")
+        print(f"space: {result.space_url} ({result.space_news})")
     return 0
 
 

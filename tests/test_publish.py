@@ -67,14 +67,19 @@ def client(script: str, hub: LocalHub, hf_home: Path, *, amalgam: bool = True, *
 
 @pytest.fixture(scope="module")
 def pushed(hub, run_dir, tmp_path_factory) -> dict:
-    """The run pushed with a Space, then pushed again with another license (an update in place)."""
+    """The run pushed with a Space, then pushed again with another license (an update in place), then again
+    with the same files (nothing to commit)."""
     out, proc = client(f"""
         import json
         from amalgam.publish import push_run
         first = push_run({str(run_dir)!r}, {MODEL!r}, demo=True)
         second = push_run({str(run_dir)!r}, {MODEL!r}, demo=True, license="mit")
+        third = push_run({str(run_dir)!r}, {MODEL!r}, demo=True, license="mit")  # the same files again
         print(json.dumps({{"first": first.commit, "second": second.commit, "model_url": second.model_url,
-                          "space_url": second.space_url}}))
+                          "space_url": second.space_url, "third": third.commit,
+                          "changed": [first.changed, second.changed, third.changed],
+                          "space_changed": [first.space_changed, second.space_changed, third.space_changed],
+                          "news": third.model_news}}))
     """, hub, tmp_path_factory.mktemp("hf-push"))
     return {**out, "log": proc.stderr}
 
@@ -148,6 +153,13 @@ def test_pushing_again_updates_in_place(pushed, hub):
     assert sorted(meta["commits"][pushed["second"]]["files"]) == sorted(meta["commits"][pushed["first"]]["files"])
     weights = [p for m, p in hub.requests if m == "PUT" and p.startswith(f"/lfs-upload/models/{MODEL}/")]
     assert len(weights) == 1  # the unchanged weights were not uploaded twice
+
+
+def test_pushing_the_same_files_again_makes_no_commit_and_says_so(pushed, hub):
+    meta = json.loads((hub.root / "repos/models" / MODEL / "meta.json").read_text())
+    assert pushed["third"] == pushed["second"] == meta["refs"]["main"] and len(meta["commits"]) == 2 + 1  # + init
+    assert pushed["changed"] == [True, True, False] and pushed["space_changed"][0] and not pushed["space_changed"][2]
+    assert pushed["news"] == f"nothing changed: the Hub already had these files (commit {pushed['second'][:7]})"
 
 
 def test_space_files_and_app(pushed, hub, student, tmp_path):

@@ -34,13 +34,34 @@ LOGIN_HINT = "run `hf auth login`, or set the HF_TOKEN environment variable to a
 
 @dataclass(frozen=True)
 class PublishResult:
-    """Where a publish went: the repos' urls, the model commit, and the folders that were uploaded."""
+    """Where a publish went: the repos' urls, the model commit, the folders that were uploaded, and whether the
+    push changed the model repo and the Space (``False``: the Hub had exactly these files, no commit was made)."""
 
     model_url: str
     commit: str
     model_folder: Path
     space_url: str | None = None
     space_folder: Path | None = None
+    changed: bool = True
+    space_changed: bool | None = None
+
+    @property
+    def model_news(self) -> str:
+        """What the push did to the model repo, for people.
+
+        >>> PublishResult("https://hf.co/o/m", "0123456789ab", Path("m"), changed=False).model_news
+        'nothing changed: the Hub already had these files (commit 0123456)'
+        """
+        if self.changed:
+            return f"new commit {self.commit[:7]}"
+        return f"nothing changed: the Hub already had these files (commit {self.commit[:7]})"
+
+    @property
+    def space_news(self) -> str:
+        """What the push did to the Space (empty without one)."""
+        if self.space_url is None:
+            return ""
+        return "updated" if self.space_changed else "nothing changed"
 
 
 def require_token(token: str | None = None) -> str:
@@ -173,20 +194,24 @@ def publish(
                                           private=private, license=license)
     logger.info("upload folders written under %s", staging)
     api = HfApi(token=token, library_name="amalgam", library_version=__version__)
-    model_url, commit = upload(api, model_folder, repo_id, "model", token, private=private, message=commit_message)
-    space_url = None
+    model_url, commit, changed = upload(api, model_folder, repo_id, "model", token, private=private,
+                                        message=commit_message)
+    space_url = space_changed = None
     if space_folder is not None:
-        space_url, _ = upload(api, space_folder, space_id, "space", token, private=private, message=commit_message)
-    return PublishResult(model_url, commit, model_folder, space_url, space_folder)
+        space_url, _, space_changed = upload(api, space_folder, space_id, "space", token, private=private,
+                                             message=commit_message)
+    return PublishResult(model_url, commit, model_folder, space_url, space_folder, changed, space_changed)
 
 
 def upload(
     api: HfApi, folder: Path, repo_id: str, repo_type: str, token: str, *, private: bool, message: str
-) -> tuple[str, str]:
-    """Create repo ``repo_id`` if needed and make its files those of ``folder``; returns (url, commit)."""
+) -> tuple[str, str, bool]:
+    """Create repo ``repo_id`` if needed and make its files those of ``folder``; returns (url, commit, whether a
+    commit was made: huggingface_hub skips unchanged files and makes none when nothing changed)."""
     try:
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
                               space_sdk="gradio" if repo_type == "space" else None)
+        before = api.repo_info(repo_id, repo_type=repo_type).sha
         # delete_patterns="*": files of an earlier push that this one no longer writes go (.gitattributes stays).
         info = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder, delete_patterns="*",
                                  commit_message=message)
@@ -198,5 +223,6 @@ def upload(
             f"pushing the {repo_type} {repo_id} failed: {hub_failure(err, token)}{hint}. Nothing local was changed; "
             "push again to retry (files the Hub already has are not sent twice)."
         ) from None
-    logger.info("pushed %s to %s (commit %s)", folder, url, info.oid)
-    return str(url), info.oid
+    changed = info.oid != before
+    logger.info("pushed %s to %s (commit %s%s)", folder, url, info.oid, "" if changed else ", nothing changed")
+    return str(url), info.oid, changed
