@@ -7,20 +7,31 @@ The teachers' logits on the transfer and test splits are computed once; then eac
 same 2% of labels for every labeled variant, one draw per seed) or calibrated (zero-label variants, on the
 unlabeled transfer set) and scored on the test split. Rows: trust-learner's trust models (on the teachers'
 outputs or on the input; official softmax-of-sigmoids or normalised sigmoids), confidence-trust's scores,
-and the label-free references (mean, least entropy, concatenated logits). Writes
-``bench/results/trust-choices-<setting>.md`` and ``.json``.
+and the label-free references (mean, least entropy, concatenated logits).
+
+Probe rows (not registered methods: measurements of a direction, issue 17) fit a trust model, here, on
+what the teachers *see*: each teacher's deepest suggested tap averaged over its positions, beside its
+probabilities. With 2% of the labels, and with every label of the train split: the ceiling of any trust model
+that reads these teachers, however many labels it gets. Each row also gives the accuracy of its target on the
+three classes it gets most wrong. Zero-label probes decide per cluster instead of per image: k-means on the
+teachers' standardised features and outputs over the transfer set, each cluster's weights the softmax of the
+teachers' mean standardised confidence (confidence-trust's score) over its images; a test image takes its nearest
+cluster's weights. Writes ``bench/results/trust-choices-<setting>.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from amalgam import load_teacher
@@ -29,7 +40,11 @@ from amalgam.data import RelabeledImages, stratified_indices
 from amalgam.knowledge import CachedSignals
 from amalgam.methods import LabeledSet, create_method
 from amalgam.methods.base import Setup
-from amalgam.teachers import LabelSpace
+from amalgam.methods.features.layers import feature_vector
+from amalgam.methods.targets.confidence import confidence_scores
+from amalgam.methods.targets.trust import trust_weights
+from amalgam.teachers import LabelSpace, Teacher
+from amalgam.teachers.placement import place_probabilities
 from bench.quality import RESULTS
 from bench.settings import LABELED_FRACTION, SETTINGS
 
@@ -49,16 +64,75 @@ VARIANTS: list[tuple[str, str, dict[str, Any], bool]] = [
 ]
 
 
+# (label, what the probe reads, fitted on all labels rather than 2%)
+PROBES: list[tuple[str, str, bool]] = [
+    ("probe: trust model on teachers' features + outputs", "features+outputs", False),
+    ("probe: trust model on teachers' outputs, every label (ceiling)", "outputs", True),
+    ("probe: trust model on teachers' features + outputs, every label (ceiling)", "features+outputs", True),
+]
+
+CLUSTER_COUNTS = (10, 100)  # k of the zero-label cluster probes
+
+
 @torch.no_grad()
-def combined_accuracy(method, test_logits: Sequence[torch.Tensor], test: RelabeledImages, batch: int = 1024) -> float:
-    labels = torch.tensor([test[i][1] for i in range(len(test))])
-    correct = 0
+def combined_predictions(method, test_logits: Sequence[torch.Tensor], test: RelabeledImages,
+                         batch: int = 1024) -> torch.Tensor:
+    predictions = []
     for start in range(0, len(test), batch):
         rows = range(start, min(start + batch, len(test)))
         images = torch.stack([test[i][0] for i in rows])
-        target = method.combined_target([z[start:start + len(rows)] for z in test_logits], images)
-        correct += int((target.argmax(-1) == labels[start:start + len(rows)]).sum())
-    return correct / len(test)
+        predictions.append(method.combined_target([z[start:start + len(rows)] for z in test_logits], images)
+                           .argmax(-1))
+    return torch.cat(predictions)
+
+
+def scores(predictions: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """Accuracy, and per class (by name) for the classes that occur."""
+    per_class = {name: float((predictions[labels == j] == j).float().mean())
+                 for j, name in enumerate(class_names) if (labels == j).any()}
+    return {"accuracy": float((predictions == labels).float().mean()), "per_class": per_class}
+
+
+@torch.no_grad()
+def pooled_features(teacher: Teacher, data: RelabeledImages) -> torch.Tensor:
+    """The teacher's deepest suggested tap on every sample, averaged over its positions (``N x D``)."""
+    tap = teacher.tap_names()[-1]
+    return torch.cat([feature_vector(teacher(images, taps=[tap]).features[tap].float(), "mean")
+                      for images, _ in DataLoader(data, batch_size=512)])
+
+
+def probe_inputs(logits: Sequence[torch.Tensor], features: Sequence[torch.Tensor], reads: str) -> torch.Tensor:
+    parts = [z.softmax(dim=-1) for z in logits]
+    return torch.cat(([*features] if reads == "features+outputs" else []) + parts, dim=1)
+
+
+def fit_probe(inputs: torch.Tensor, membership: torch.Tensor, seed: int, steps: int = 2000) -> torch.nn.Module:
+    """A trust model of trust-learner's shape (one hidden layer of 64) on standardised inputs, fitted as
+    trust-learner fits its own (BCE on ``1[y in Y_k]``, Adam lr 0.01, batches of 64), with a little weight decay
+    for the wide feature inputs; at least 5 epochs and ``steps`` steps, so that 2% of the labels and all of them
+    are fitted alike."""
+    torch.manual_seed(seed)
+    epochs = max(5, math.ceil(steps * 64 / len(inputs)))
+    mean, std = inputs.mean(dim=0), inputs.std(dim=0) + 1e-6
+    model = torch.nn.Sequential(Standardise(mean, std), torch.nn.Linear(inputs.shape[1], 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, membership.shape[1]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(inputs)).split(64):
+            loss = F.binary_cross_entropy_with_logits(model(inputs[rows]), membership[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+class Standardise(torch.nn.Module):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
@@ -70,6 +144,7 @@ def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
     transfer, test = RelabeledImages(data.train, label_map), RelabeledImages(data.test, label_map)
     train_signals = CachedSignals.compute(teachers, transfer, progress=progress)
     test_logits = CachedSignals.compute(teachers, test, progress=progress).logits
+    test_labels = torch.tensor([test[i][1] for i in range(len(test))])
     rows = []
     for label, method_name, options, uses_labels in tqdm(VARIANTS, desc=setting_name, disable=not progress):
         runs = []
@@ -81,14 +156,102 @@ def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
             labeled = LabeledSet.gather(transfer, visible, train_signals) if uses_labels else None
             method.setup(Setup(labeled, train_signals.logits))
             method.eval()
-            runs.append({"seed": seed, "accuracy": combined_accuracy(method, test_logits, test),
+            predictions = combined_predictions(method, test_logits, test)
+            runs.append({"seed": seed, **scores(predictions, test_labels, space.class_names),
                          "seconds": time.perf_counter() - started})
         rows.append({"label": label, "method": method_name, "options": options, "uses_labels": uses_labels,
                      "runs": runs})
         if progress:
             tqdm.write(f"{label:<64} {statistics.fmean(r['accuracy'] for r in runs):.4f}")
+    rows += probe_rows(teachers, space, transfer, test, train_signals.logits, test_logits, test_labels,
+                       data.train_labels, seeds, progress)
     return {"setting": setting_name, "labeled_fraction": LABELED_FRACTION, "rows": rows,
             "teachers": [t.name for t in teachers]}
+
+
+def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: RelabeledImages, test: RelabeledImages,
+               train_logits: Sequence[torch.Tensor], test_logits: Sequence[torch.Tensor], test_labels: torch.Tensor,
+               train_labels, seeds: Sequence[int], progress: bool) -> list[dict]:
+    """The :data:`PROBES`: linear trust models on the teachers' features and outputs (see the module)."""
+    train_features = [pooled_features(t, transfer) for t in teachers]
+    test_features = [pooled_features(t, test) for t in teachers]
+    union_labels = torch.tensor([transfer[i][1] for i in range(len(transfer))])
+    membership = space.membership().float()
+    indices = [space.index_tensor(k) for k in range(len(teachers))]
+    test_probs = [z.softmax(dim=-1) for z in test_logits]
+    rows = []
+    for label, reads, every_label in PROBES:
+        train_inputs = probe_inputs(train_logits, train_features, reads)
+        test_inputs = probe_inputs(test_logits, test_features, reads)
+        runs = []
+        for seed in seeds[:1] if every_label else seeds:
+            started = time.perf_counter()
+            visible = torch.arange(len(transfer)) if every_label else \
+                torch.as_tensor(stratified_indices(train_labels, LABELED_FRACTION, seed))
+            visible = visible[union_labels[visible] >= 0]
+            probe = fit_probe(train_inputs[visible], membership[:, union_labels[visible]].T, seed)
+            with torch.no_grad():
+                weights = trust_weights(probe(test_inputs), "sigmoid")
+            predictions = place_probabilities(test_probs, indices, weights, space.num_classes).argmax(-1)
+            runs.append({"seed": seed, **scores(predictions, test_labels, space.class_names),
+                         "seconds": time.perf_counter() - started})
+        rows.append({"label": label, "method": "(bench probe)", "options": {"reads": reads},
+                     "uses_labels": True, "labels": "all" if every_label else None, "runs": runs})
+        if progress:
+            tqdm.write(f"{label:<64} {statistics.fmean(r['accuracy'] for r in runs):.4f}")
+    train_inputs = probe_inputs(train_logits, train_features, "features+outputs")
+    test_inputs = probe_inputs(test_logits, test_features, "features+outputs")
+    for k in CLUSTER_COUNTS:
+        started = time.perf_counter()
+        weights = cluster_trust_weights(train_inputs, test_inputs, train_logits, k)
+        predictions = place_probabilities(test_probs, indices, weights, space.num_classes).argmax(-1)
+        label = f"probe: zero-label trust per cluster (k-means, k={k}) of teachers' features + outputs"
+        rows.append({"label": label, "method": "(bench probe)", "options": {"clusters": k}, "uses_labels": False,
+                     "runs": [{"seed": 0, **scores(predictions, test_labels, space.class_names),
+                               "seconds": time.perf_counter() - started}]})
+        if progress:
+            tqdm.write(f"{label:<64} {rows[-1]['runs'][0]['accuracy']:.4f}")
+    return rows
+
+
+@torch.no_grad()
+def kmeans(points: torch.Tensor, k: int, seed: int, iterations: int = 25) -> torch.Tensor:
+    """``k`` centroids of ``points`` (Lloyd's algorithm from ``k`` random points; an empty cluster keeps its
+    centroid)."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+    for _ in range(iterations):
+        nearest = torch.cdist(points, centroids).argmin(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
+        counts = torch.bincount(nearest, minlength=k)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+    return centroids
+
+
+@torch.no_grad()
+def cluster_trust_weights(train_inputs: torch.Tensor, test_inputs: torch.Tensor,
+                          train_logits: Sequence[torch.Tensor], k: int, seed: int = 0) -> torch.Tensor:
+    """Zero-label weights for the test images: the softmax of their nearest cluster's mean standardised
+    confidence per teacher (see the module)."""
+    mean, std = train_inputs.mean(dim=0), train_inputs.std(dim=0) + 1e-6
+    train, test = (train_inputs - mean) / std, (test_inputs - mean) / std
+    centroids = kmeans(train, k, seed)
+    confidence = confidence_scores(train_logits, "max-prob")
+    standard = (confidence - confidence.mean(dim=0)) / confidence.std(dim=0).clamp(min=1e-6)
+    nearest = torch.cdist(train, centroids).argmin(dim=1)
+    counts = torch.bincount(nearest, minlength=k).clamp(min=1)[:, None]
+    cluster_scores = torch.zeros(k, standard.shape[1]).index_add_(0, nearest, standard) / counts
+    return cluster_scores[torch.cdist(test, centroids).argmin(dim=1)].softmax(dim=-1)
+
+
+def hardest_classes(runs: Sequence[dict], count: int = 3) -> str:
+    """The ``count`` classes the rows' targets get most wrong, with their mean accuracy over the runs."""
+    if not all("per_class" in run for run in runs):
+        return "—"
+    names = runs[0]["per_class"]
+    mean = {name: statistics.fmean(run["per_class"][name] for run in runs) for name in names}
+    return ", ".join(f"{name} {value:.2f}" for name, value in sorted(mean.items(), key=lambda kv: kv[1])[:count])
 
 
 def write_report(results: dict, out: Path = RESULTS) -> Path:
@@ -103,16 +266,17 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         "use no labels (calibrated on the unlabeled train split).",
         f"Regenerate: `python -m bench.trust_choices --setting {results['setting']}`.",
         "",
-        "| variant | method | labels | accuracy of the combined target (mean ± std) | seconds to fit |",
-        "|---|---|---|---|---|",
+        ("| variant | method | labels | accuracy of the combined target (mean ± std) | its 3 worst classes "
+         "| seconds to fit |"),
+        "|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         values = [r["accuracy"] for r in row["runs"]]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         seconds = statistics.median(r["seconds"] for r in row["runs"])
-        labels = f"{results['labeled_fraction']:.0%}" if row["uses_labels"] else "none"
+        labels = row.get("labels") or (f"{results['labeled_fraction']:.0%}" if row["uses_labels"] else "none")
         lines.append(f"| {row['label']} | `{row['method']}` | {labels} | {statistics.fmean(values):.4f} ± {std:.4f} "
-                     f"| {seconds:.1f} |")
+                     f"| {hardest_classes(row['runs'])} | {seconds:.1f} |")
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(results, indent=1))
     return path

@@ -53,3 +53,38 @@ def test_merging_other_seeds_keeps_a_rows_earlier_runs_and_replaces_rerun_seeds(
     assert merge_rows(teacher(0.9), teacher(0.9, x=0.9))["rows"][0]["label"] == "a"
     with pytest.raises(SystemExit):
         merge_rows(teacher(0.9), teacher(0.8))
+
+
+def test_trust_probe_scores_name_the_worst_classes_and_a_perfect_probe_routes_like_the_oracle():
+    import torch
+
+    from bench.trust_choices import fit_probe, hardest_classes, scores
+
+    result = scores(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 2]), ["a", "b", "c", "d"])
+    assert result == {"accuracy": 0.75, "per_class": {"a": 0.5, "b": 1.0, "c": 1.0}}  # "d" does not occur
+    runs = [{"per_class": {"a": 0.5, "b": 1.0, "c": 0.9}}, {"per_class": {"a": 0.7, "b": 0.8, "c": 0.9}}]
+    assert hardest_classes(runs, count=2) == "a 0.60, b 0.90"
+
+    # two teachers, the first on classes whose inputs have x > 0: the probe learns to route by the sign of x
+    inputs = torch.linspace(-1, 1, 200)[:, None]
+    membership = torch.cat([(inputs > 0).float(), (inputs <= 0).float()], dim=1)
+    probe = fit_probe(inputs, membership, seed=0, steps=300)
+    with torch.no_grad():
+        chosen = probe(torch.tensor([[-0.8], [0.8]])).argmax(dim=1)
+    assert chosen.tolist() == [1, 0]
+
+
+def test_cluster_trust_gives_each_cluster_to_the_teacher_confident_on_it():
+    import torch
+
+    from bench.trust_choices import cluster_trust_weights, kmeans
+
+    points = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
+    assert sorted(kmeans(points, 2, seed=0).flatten().tolist()) == pytest.approx([0.05, 10.05])
+    # teacher 0 is sure on the cluster near 0 and unsure near 10; teacher 1 the other way round
+    sure, unsure = [4.0, 0.0], [0.0, 0.0]
+    logits = [torch.tensor([sure, sure, unsure, unsure]), torch.tensor([unsure, unsure, sure, sure])]
+    weights = cluster_trust_weights(points, torch.tensor([[0.2], [9.0]]), logits, k=2)
+    # standardised max-prob: +-0.866 per teacher, so each cluster gives softmax(0.866, -0.866) to its teacher
+    expected = torch.tensor([0.866, -0.866]).softmax(dim=0)
+    assert torch.allclose(weights, torch.stack([expected, expected.flip(0)]), atol=1e-3)
