@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -206,6 +207,34 @@ def test_the_student_and_teachers_classify_an_uploaded_image(client, finished_ru
     assert re.search(r"its true class is \*\*\d\*\*", note) and Path(sample_path).is_file()
 
 
+def test_a_drawing_is_framed_like_the_data_and_classified_as_that_picture(client, finished_run, tmp_path):
+    from PIL import Image, ImageDraw
+
+    from amalgam.app.predict import drawing_to_image
+
+    stroke = Image.new("RGBA", (280, 280), (0, 0, 0, 0))  # a "1" drawn in black, off-centre and small
+    ImageDraw.Draw(stroke).line([(200, 40), (200, 140)], fill=(0, 0, 0, 255), width=14)
+    stroke.save(tmp_path / "layer.png")
+    drawing = {"background": None, "layers": [handle_file(str(tmp_path / "layer.png"))],
+               "composite": handle_file(str(tmp_path / "layer.png"))}
+    shown, student, _, message, note = client.predict(finished_run["run_id"], drawing,
+                                                      api_name="/classify_drawing")
+    picture = Image.open(shown)
+    assert picture.size[0] == picture.size[1] < 140  # cropped around the stroke, square
+    expected = drawing_to_image([stroke], dark_background=True)  # digits are light on dark
+    assert (np.asarray(picture.convert("L")) == np.asarray(expected)).all()
+    again, _, _ = client.predict(finished_run["run_id"], handle_file(shown), api_name="/predict")
+    assert student == again  # the answer is the one for the picture shown
+    assert f"The student says **{student['label']}**" in message and note == ""
+
+    empty = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+    empty.save(tmp_path / "empty.png")
+    *_, message, _ = client.predict(finished_run["run_id"], {"background": None, "layers": [
+        handle_file(str(tmp_path / "empty.png"))], "composite": handle_file(str(tmp_path / "empty.png"))},
+        api_name="/classify_drawing")
+    assert "draw something on the sketchpad first" in message
+
+
 def test_bad_input_shows_a_message_and_the_app_goes_on(client, finished_run, demo_zoo, tmp_path):
     *_, message = client.predict("no-such-org/no-such-model", api_name="/add_teacher")
     assert message.startswith("**Error:**") and "'no-such-org/no-such-model'" in message
@@ -289,6 +318,8 @@ def test_restarted_app_lists_past_runs_and_publishes_to_the_hub(finished_run, ru
             assert re.search(r" · student 0\.\d{3}$", labels[finished_run["run_id"]])
             message = restarted.predict(finished_run["run_id"], "org/digits-student", TOKEN, False, True,
                                         api_name="/publish")
+            again = restarted.predict(finished_run["run_id"], "org/digits-student", TOKEN, False, True,
+                                      api_name="/publish")  # republished unchanged: the page says so
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -296,6 +327,8 @@ def test_restarted_app_lists_past_runs_and_publishes_to_the_hub(finished_run, ru
         output = log.read()
     assert f"[{hub.endpoint}/org/digits-student]" in message
     assert f"[{hub.endpoint}/spaces/org/digits-student-demo]" in message
+    assert "(new commit " in message and "(updated)" in message
+    assert "nothing changed: the Hub already had these files" in again and "(nothing changed)" in again
     assert (tmp_path / "hub" / "repos" / "models" / "org" / "digits-student").is_dir()
     assert TOKEN not in output
 

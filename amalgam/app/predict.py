@@ -57,6 +57,47 @@ def _data(name: str) -> ImageData:
     return load_data(name)
 
 
+def has_dark_background(data_name: str, images: int = 64) -> bool:
+    """Whether the pictures of ``data_name`` show their subject light on a dark background (as digits and
+    Fashion-MNIST do), judged by the median of the outer pixels of its first test images.
+
+    >>> has_dark_background("digits")
+    True
+    """
+    data = _data(data_name)
+    borders = []
+    for index in range(min(images, len(data.test))):
+        image = data.test[index][0].float().mean(dim=0)  # grey
+        borders += [image[0], image[-1], image[:, 0], image[:, -1]]
+    return float(torch.cat(borders).median()) < 0.5
+
+
+def drawing_to_image(layers: list[Image.Image], dark_background: bool, margin: float = 0.15) -> Image.Image:
+    """Strokes drawn on a sketchpad as a picture like the data's: the ink is where the layers are opaque
+    (whatever the brush colour), cropped to a square around it with a ``margin`` on each side (as digits and
+    Fashion-MNIST frame their subject), light on dark when the data are (see :func:`has_dark_background`),
+    dark on light otherwise.
+
+    >>> stroke = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    >>> stroke.paste((0, 0, 0, 255), (40, 10, 60, 90))  # a bar 20 wide, 80 high
+    >>> picture = drawing_to_image([stroke], dark_background=True)
+    >>> picture.mode, picture.size, picture.getpixel((52, 52)), picture.getpixel((2, 2))
+    ('L', (104, 104), 255, 0)
+    """
+    alphas = [np.asarray(layer.convert("RGBA"), dtype=np.float32)[:, :, 3] / 255.0 for layer in layers]
+    if not alphas or max(float(a.max()) for a in alphas) < 0.1:
+        raise AmalgamError("draw something on the sketchpad first (it is empty)")
+    ink = np.maximum.reduce(alphas)
+    rows, cols = np.nonzero(ink >= 0.1)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    side = round(max(ink.shape) * (1 + 2 * margin))
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
+    square[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
+    pixels = square if dark_background else 1.0 - square
+    return Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L")
+
+
 def sample_image(data_name: str, index: int | None = None) -> tuple[Image.Image, str]:
     """A test image of data set ``data_name`` (random unless ``index`` is given) and its true class.
 

@@ -18,7 +18,7 @@ import pandas as pd
 from amalgam.api import DEFAULT_STUDENT
 from amalgam.app.data import DATA_KINDS, HUB_OR_FOLDER, ZIP_UPLOAD, data_source
 from amalgam.app.paths import PathPolicy
-from amalgam.app.predict import Tryout, sample_image
+from amalgam.app.predict import Tryout, drawing_to_image, has_dark_background, sample_image
 from amalgam.app.runs import (
     FINISHED, QUEUED, RUNNING, RequestError, RunManager, RunRequest, RunState, archive_run, list_runs, read_outcome,
     read_run, run_folder,
@@ -45,10 +45,28 @@ PROBLEM_SLOTS = {"teachers": 0, "method_options": 1, "labeled_fraction": 2, "epo
 # the Setup tab's fields a reload keeps (in the browser's storage), in the order of the page's inputs
 KEPT_FIELDS = ("data_kind", "data_text", "eval_text", "method", "options", "labeled", "epochs", "lr", "student",
                "augment")
+CLOSE_TOASTS = "() => document.querySelectorAll('[data-testid=toast-close]').forEach((b) => b.click())"
 NO_RUN = "*No run chosen yet: start one, or choose a finished run in the Run tab.*"
 # Gradio 6 takes a stylesheet only at launch(): app.py passes this one
 APP_CSS = """
 #try-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+@media (max-width: 600px) {
+  /* Phones: every tab stays in the bar. Gradio moves the tabs that its hidden copy of the bar says do not fit
+     into a "..." menu; that copy is shrunk so that all fit, and the real bar wraps if it must. */
+  .tab-wrapper .tab-container.visually-hidden button { font-size: 1px !important; padding: 0 !important; }
+  .tab-wrapper { height: auto !important; padding-bottom: 0 !important; }
+  .tab-wrapper [role=tablist] { flex-wrap: wrap; height: auto; row-gap: 2px; }
+  .tab-wrapper [role=tablist] button { padding: 4px 7px; }
+  /* tables of many columns scroll sideways with readable columns instead of one letter per line */
+  .wide-table .table-wrap table { width: max-content !important; min-width: 100%; }
+  .wide-table .table-wrap th, .wide-table .table-wrap td { min-width: 5em; max-width: 16em; }
+  /* the results' three columns share the width (Gradio sizes columns in pixels for their content) */
+  #results-table table { width: 100% !important; table-layout: fixed; }
+  #results-table th, #results-table td { width: 30% !important; min-width: 0 !important; max-width: none !important; }
+  #results-table th:first-child, #results-table td:first-child { width: 42% !important; }
+  #results-table th:last-child, #results-table td:last-child { width: 28% !important; }
+  #results-table span { overflow-wrap: anywhere; }
+}
 """
 
 
@@ -315,6 +333,19 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                  round(answer.milliseconds, 1)] for answer in answers]
         return dict(answers[0].top), pd.DataFrame(rows, columns=ANSWER_COLUMNS), answer_markdown(*answers[0].top[0])
 
+    def classify_drawing(run_id: str | None, drawing: dict | None) -> tuple:
+        """The sketch as a picture like the run's data (shown in the image box: what the models see), classified."""
+        try:
+            description, _ = read_run(run_folder(runs_dir, run_id))
+            try:
+                dark = has_dark_background(str(description["data"]["name"]))
+            except (AmalgamError, OSError):  # data that cannot be read back here: keep the strokes as drawn
+                dark = False
+            picture = drawing_to_image(list((drawing or {}).get("layers") or []), dark)
+        except Exception as err:  # noqa: BLE001 - shown in the page (see _error)
+            return gr.skip(), None, pd.DataFrame(columns=ANSWER_COLUMNS), _error(err), ""
+        return picture, *predict(run_id, picture), ""
+
     def sample(run_id: str | None) -> tuple:
         try:
             description, _ = read_run(run_folder(runs_dir, run_id))
@@ -355,9 +386,9 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                               private=bool(private), demo=bool(demo))
         except Exception as err:  # noqa: BLE001 - any failure is shown in the page, never with the token
             return _error(AmalgamError(str(err).replace(token, "<token>") if token else str(err)))
-        links = f"Published the student: [{result.model_url}]({result.model_url})"
+        links = f"Published the student: [{result.model_url}]({result.model_url}) ({result.model_news})"
         if result.space_url:
-            links += f"  \nDemo Space: [{result.space_url}]({result.space_url})"
+            links += f"  \nDemo Space: [{result.space_url}]({result.space_url}) ({result.space_news})"
         return links
 
     methods = list(available_methods())
@@ -383,7 +414,7 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                             remove = gr.Button("Remove it", variant="secondary", scale=1)
                         teacher_message = gr.Markdown()
                         teacher_table = gr.Dataframe(pd.DataFrame(columns=TEACHER_COLUMNS), label="chosen teachers",
-                                                     interactive=False, wrap=True)
+                                                     interactive=False, wrap=True, elem_classes="wide-table")
                         union = gr.Markdown(union_markdown([]))
                         teachers_problem = gr.Markdown(elem_classes="field-problem")
                     with gr.Column(scale=2):
@@ -427,10 +458,10 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                     accuracy_plot = gr.Plot(accuracy_figure([]), show_label=False, elem_id="accuracy-plot")
                 results = gr.Markdown()
                 results_table = gr.Dataframe(label="results (the student's row highlighted)", interactive=False,
-                                             wrap=True)
+                                             wrap=True, elem_id="results-table")
                 with gr.Row():
                     per_class = gr.Dataframe(pd.DataFrame(columns=PER_CLASS_COLUMNS), label="per-class accuracy",
-                                             interactive=False)
+                                             interactive=False, elem_classes="wide-table")
                     confusion = gr.Plot(show_label=False)
             with gr.Tab("3 · Try", id="try"):
                 try_run = gr.Markdown(NO_RUN)
@@ -443,6 +474,13 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                             take_sample = gr.Button("Sample a test image")
                             classify = gr.Button("Classify", variant="primary")
                         sample_note = gr.Markdown()
+                        with gr.Accordion("... or draw one", open=False):
+                            sketch = gr.Sketchpad(type="pil", image_mode="RGBA", canvas_size=(280, 280),
+                                                  brush=gr.Brush(default_size=18, colors=["#000000"],
+                                                                 color_mode="fixed"),
+                                                  layers=False, label="draw it large, filling the square",
+                                                  elem_id="try-sketch")
+                            classify_sketch = gr.Button("Classify the drawing")
                     with gr.Column():
                         student_answer = gr.Label(num_top_classes=3, label="student")
                         answers = gr.Dataframe(pd.DataFrame(columns=ANSWER_COLUMNS), label="student and teachers",
@@ -464,16 +502,18 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
                 card_preview = gr.Markdown(elem_id="card-preview")
             with gr.Tab("5 · Runs", id="runs") as runs_tab:
                 all_runs = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), label="every run", interactive=False,
-                                        wrap=True)
+                                        wrap=True, elem_classes="wide-table")
                 with gr.Row():
                     compared = gr.Dropdown([], multiselect=True, label="runs to compare (two or more)", scale=4)
                     compare = gr.Button("Compare", variant="primary", scale=1)
                     delete = gr.Button("Delete", variant="stop", scale=1)
                 compare_message = gr.Markdown()
-                compare_plot = gr.Plot(show_label=False)
+                compare_plot = gr.Plot(show_label=False, elem_id="compare-plot")
                 compare_table = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), label="the compared runs",
-                                             interactive=False, wrap=True)
+                                             interactive=False, wrap=True, elem_classes="wide-table")
 
+        # a toast is about the tab it was raised on: it closes when the user goes to another one
+        tabs.select(None, None, None, js=CLOSE_TOASTS)
         teacher_outputs = [sources, teacher_table, union, removed, teacher_message]
         add.click(add_teacher, [source, sources], teacher_outputs, api_name="add_teacher")
         source.submit(add_teacher, [source, sources], teacher_outputs, api_visibility="private")
@@ -511,6 +551,8 @@ def build_app(runs_dir: str | Path = "runs", manager: RunManager | None = None,
         classify.click(predict, predict_inputs, predict_outputs, api_name="predict")
         image.upload(predict, predict_inputs, predict_outputs, api_visibility="private")
         image.upload(lambda: "", None, [sample_note], api_visibility="private")  # the sample's true class is gone
+        classify_sketch.click(classify_drawing, [run_picker, sketch], [image, *predict_outputs, sample_note],
+                              api_name="classify_drawing")
         take_sample.click(sample, [run_picker], [image, sample_note], api_name="sample_image").success(
             predict, predict_inputs, predict_outputs, api_visibility="private")
         preview.click(preview_card, [run_picker, repo_id, demo], [card_preview, publish_message],

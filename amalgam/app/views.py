@@ -21,6 +21,7 @@ PER_CLASS_COLUMNS = ["class", "student accuracy", "best teacher accuracy", "know
 RESULT_COLUMNS = ["model", "evaluated on", "score"]
 STUDENT_ROW_STYLE = "background-color: #ffedd5; font-weight: bold"
 UNSURE_BELOW = 0.5  # a top class under this probability: the image may be unlike the student's training data
+NO_LABELS_GAP = "n/a (no labels)"  # a label-free run's gaps: its agreement is not an accuracy
 RUN_COLUMNS = ["run", "date", "method", "data", "teachers", "labels used", "student", "vs teachers' mean",
                "vs oracle", "status"]
 
@@ -259,9 +260,19 @@ def runs_frame(summaries: Sequence[RunSummary]) -> pd.DataFrame:
     ('2026-12-01 10:00', 'a + b', '2%', 'finished')
     >>> [float(row[key]) for key in ("student", "vs teachers' mean", "vs oracle")]
     [0.9, 0.05, -0.05]
+
+    A run measured without labels has no accuracy to set against the teachers', and says so:
+
+    >>> unlabeled = RunSummary("r2", Path("runs/r2"), "2026-12-01T11:00:00+00:00", "confidence-trust", "photos",
+    ...                        ("a", "b"), 0.8, measure="agreement with its target (no labels)")
+    >>> row = runs_frame([unlabeled]).to_dict("records")[0]
+    >>> row["vs oracle"], row["status"]
+    ('n/a (no labels)', 'finished, agreement with its target (no labels)')
     """
-    def gap(summary: RunSummary, reference: float | None) -> float | None:
-        both = summary.accuracy is not None and reference is not None and summary.measure == "accuracy"
+    def gap(summary: RunSummary, reference: float | None) -> float | str | None:
+        if summary.finished and summary.measure != "accuracy":
+            return NO_LABELS_GAP
+        both = summary.accuracy is not None and reference is not None
         return round(summary.accuracy - reference, 4) if both else None
 
     rows = [{
