@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -42,7 +41,7 @@ from amalgam.methods import LabeledSet, create_method
 from amalgam.methods.base import Setup
 from amalgam.methods.features.layers import feature_vector
 from amalgam.methods.targets.confidence import confidence_scores
-from amalgam.methods.targets.trust import trust_weights
+from amalgam.methods.targets.trust import fit_membership, trust_weights
 from amalgam.teachers import LabelSpace, Teacher
 from amalgam.teachers.placement import place_probabilities
 from bench.quality import RESULTS
@@ -86,6 +85,13 @@ def combined_predictions(method, test_logits: Sequence[torch.Tensor], test: Rela
     return torch.cat(predictions)
 
 
+def union_labels(labels, label_map: Sequence[int]) -> torch.Tensor:
+    """A split's labels (``ImageData.train_labels``/``test_labels``) in the union label space, as
+    :class:`RelabeledImages` gives them one image at a time (-1: a class no teacher knows), without decoding
+    the images."""
+    return torch.tensor([label_map[label] if label >= 0 else -1 for label in labels.tolist()])
+
+
 def scores(predictions: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
     """Accuracy, and per class (by name) for the classes that occur."""
     per_class = {name: float((predictions[labels == j] == j).float().mean())
@@ -116,13 +122,8 @@ def fit_probe(inputs: torch.Tensor, membership: torch.Tensor, seed: int, steps: 
     mean, std = inputs.mean(dim=0), inputs.std(dim=0) + 1e-6
     model = torch.nn.Sequential(Standardise(mean, std), torch.nn.Linear(inputs.shape[1], 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, membership.shape[1]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
-    for _ in range(epochs):
-        for rows in torch.randperm(len(inputs)).split(64):
-            loss = F.binary_cross_entropy_with_logits(model(inputs[rows]), membership[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    fit_membership(lambda rows: model(inputs[rows]), model.parameters(), membership, epochs, 0.01,
+                   weight_decay=1e-3, clip=None)
     return model.eval()
 
 
@@ -144,7 +145,7 @@ def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
     transfer, test = RelabeledImages(data.train, label_map), RelabeledImages(data.test, label_map)
     train_signals = CachedSignals.compute(teachers, transfer, progress=progress)
     test_logits = CachedSignals.compute(teachers, test, progress=progress).logits
-    test_labels = torch.tensor([test[i][1] for i in range(len(test))])
+    test_labels = union_labels(data.test_labels, label_map)
     rows = []
     for label, method_name, options, uses_labels in tqdm(VARIANTS, desc=setting_name, disable=not progress):
         runs = []
@@ -164,18 +165,19 @@ def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
         if progress:
             tqdm.write(f"{label:<64} {statistics.fmean(r['accuracy'] for r in runs):.4f}")
     rows += probe_rows(teachers, space, transfer, test, train_signals.logits, test_logits, test_labels,
-                       data.train_labels, seeds, progress)
+                       data.train_labels, label_map, seeds, progress)
     return {"setting": setting_name, "labeled_fraction": LABELED_FRACTION, "rows": rows,
             "teachers": [t.name for t in teachers]}
 
 
 def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: RelabeledImages, test: RelabeledImages,
                train_logits: Sequence[torch.Tensor], test_logits: Sequence[torch.Tensor], test_labels: torch.Tensor,
-               train_labels, seeds: Sequence[int], progress: bool) -> list[dict]:
-    """The :data:`PROBES`: linear trust models on the teachers' features and outputs (see the module)."""
+               train_labels, label_map: Sequence[int], seeds: Sequence[int], progress: bool) -> list[dict]:
+    """The :data:`PROBES`: trust models on the teachers' features and outputs, and the zero-label cluster
+    probes (see the module)."""
     train_features = [pooled_features(t, transfer) for t in teachers]
     test_features = [pooled_features(t, test) for t in teachers]
-    union_labels = torch.tensor([transfer[i][1] for i in range(len(transfer))])
+    transfer_labels = union_labels(train_labels, label_map)
     membership = space.membership().float()
     indices = [space.index_tensor(k) for k in range(len(teachers))]
     test_probs = [z.softmax(dim=-1) for z in test_logits]
@@ -188,8 +190,8 @@ def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: Relabel
             started = time.perf_counter()
             visible = torch.arange(len(transfer)) if every_label else \
                 torch.as_tensor(stratified_indices(train_labels, LABELED_FRACTION, seed))
-            visible = visible[union_labels[visible] >= 0]
-            probe = fit_probe(train_inputs[visible], membership[:, union_labels[visible]].T, seed)
+            visible = visible[transfer_labels[visible] >= 0]
+            probe = fit_probe(train_inputs[visible], membership[:, transfer_labels[visible]].T, seed)
             with torch.no_grad():
                 weights = trust_weights(probe(test_inputs), "sigmoid")
             predictions = place_probabilities(test_probs, indices, weights, space.num_classes).argmax(-1)

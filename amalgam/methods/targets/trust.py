@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,31 @@ def input_trust(teachers: Sequence[Teacher], num_teachers: int) -> nn.Module:
             return build(spec.channels, num_teachers)
     raise MethodError(f"trust-learner: no trust model reads inputs of kind {type(spec).__name__}; use "
                       "trust_input='outputs'")
+
+
+def fit_membership(predict: Callable[[torch.Tensor], torch.Tensor], parameters: Iterable[nn.Parameter],
+                   membership: torch.Tensor, epochs: int, lr: float, *, generator: torch.Generator | None = None,
+                   weight_decay: float = 0.0, clip: float | None = 5.0, batch_size: int = 64) -> None:
+    """Fit a trust model to ``membership`` (``N x K``: does teacher ``k`` know sample ``n``'s class), as the SKA
+    code does: ``BCEWithLogits`` on ``predict(rows)`` (the model's trust logits for those rows), Adam, shuffled
+    batches, gradient-norm clip (``None``: none).
+
+    >>> logit = nn.Parameter(torch.zeros(1))
+    >>> fit_membership(lambda rows: logit.expand(len(rows), 1), [logit], torch.ones(8, 1), epochs=50, lr=0.1)
+    >>> bool(logit.item() > 2)  # every sample belongs to the teacher: its trust logit grows
+    True
+    """
+    parameters = list(parameters)
+    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(membership), generator=generator).split(batch_size):
+            loss = F.binary_cross_entropy_with_logits(predict(rows.to(membership.device)),
+                                                      membership[rows.to(membership.device)])
+            optimizer.zero_grad()
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(parameters, clip)
+            optimizer.step()
 
 
 def trust_weights(trust_logits: torch.Tensor, norm: str) -> torch.Tensor:
@@ -158,19 +183,9 @@ class TeacherTrustLearner(WeightedTargets):
         images = labeled.images.to(device)
         logits = [out.logits.to(device) for out in labeled.teacher_outputs]
         targets = self.membership[:, labeled.labels.to(device)].T  # B x K: does teacher k know the class
-        optimizer = torch.optim.Adam(self.trust.parameters(), lr=self.trust_lr)
-        generator = torch.Generator().manual_seed(0)
         self.trust.train()
-        for _ in range(self.trust_epochs):
-            for rows in torch.randperm(len(targets), generator=generator).split(64):
-                rows = rows.to(device)
-                loss = F.binary_cross_entropy_with_logits(
-                    self.trust(images[rows], [z[rows] for z in logits]), targets[rows]
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.trust.parameters(), 5.0)
-                optimizer.step()
+        fit_membership(lambda rows: self.trust(images[rows], [z[rows] for z in logits]), self.trust.parameters(),
+                       targets, self.trust_epochs, self.trust_lr, generator=torch.Generator().manual_seed(0))
         self.trust.eval().requires_grad_(False)
         self.fitted = True
         self.row_weights = self._weights_by_row(ctx.transfer_logits)
