@@ -155,6 +155,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+
+def per_class_table(results: dict) -> str:
+    """Each trained row's accuracy on each class (mean over its seeds), the hardest classes (by the rows' mean)
+    first, so the table shows where the rows differ.
+
+    >>> runs = lambda *accs: [{"per_class": {"a": x, "b": y}} for x, y in accs]  # noqa: E731
+    >>> print(per_class_table({"class_names": ["a", "b"], "rows": [{"label": "r", "runs": runs((0.9, 0.5), (0.7, 0.3))}]}))
+    | row | b | a |
+    |---|---|---|
+    | r | 0.400 | 0.800 |
+    """
+    rows = [row for row in results["rows"] if row["runs"] and "per_class" in row["runs"][0]]
+    means = {row["label"]: {name: statistics.fmean(run["per_class"][name] for run in row["runs"])
+                            for name in results["class_names"]} for row in rows}
+    order = sorted(results["class_names"], key=lambda name: statistics.fmean(m[name] for m in means.values()))
+    lines = ["| row | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(f"{m[name]:.3f}" for name in order) + " |" for label, m in means.items()]
+    return "\n".join(lines)
+
 def _bar_plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -220,7 +239,8 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         f"{'' if stem.name == 'quality-' + results['setting'] else ' --epochs ' + str(budget['epochs'])}` "
         "(rows with `+ augment NAMES`: add `--augment NAMES --merge`).\n\n"
     )
-    stem.with_suffix(".md").write_text(header + table(results) + f"\n\n![bars]({stem.name}.png)\n"
+    per_class = "\n\nAccuracy per class (mean over the seeds), hardest first:\n\n" + per_class_table(results)
+    stem.with_suffix(".md").write_text(header + table(results) + per_class + f"\n\n![bars]({stem.name}.png)\n"
                                        f"![confusion]({stem.name}-confusion.png)\n")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     _bar_plot(results, stem.with_suffix(".png"))

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.quality import merge_rows, rows_for, run_setting, write_report  # noqa: E402
+from bench.quality import merge_rows, per_class_table, rows_for, run_setting, write_report  # noqa: E402
 from bench.settings import SETTINGS  # noqa: E402
 
 
@@ -25,6 +25,7 @@ def test_digits_smoke_supervised_ceiling_beats_the_two_percent_floor(tmp_path):
     report = write_report(results, tmp_path)
     text = report.read_text()
     assert "| soft-targets | method | 2% |" in text and "teacher oracle" in text
+    assert "Accuracy per class" in text and "| soft-targets | " in text.split("Accuracy per class")[1]
     assert report.name == "quality-digits-split-3ep.md"  # another budget than the setting's: a table of its own
     assert report.with_suffix(".png").stat().st_size > 1000
     assert (tmp_path / "quality-digits-split-3ep-confusion.png").stat().st_size > 1000
@@ -88,3 +89,14 @@ def test_cluster_trust_gives_each_cluster_to_the_teacher_confident_on_it():
     # standardised max-prob: +-0.866 per teacher, so each cluster gives softmax(0.866, -0.866) to its teacher
     expected = torch.tensor([0.866, -0.866]).softmax(dim=0)
     assert torch.allclose(weights, torch.stack([expected, expected.flip(0)]), atol=1e-3)
+
+
+def test_the_per_class_table_averages_each_rows_seeds_and_puts_the_hardest_class_first():
+    def row(label, *runs):
+        return {"label": label, "runs": [{"per_class": dict(zip("abc", accs))} for accs in runs]}
+
+    results = {"class_names": ["a", "b", "c"],
+               "rows": [row("one", (1.0, 0.2, 0.6), (0.8, 0.4, 0.6)), row("two", (0.6, 0.0, 1.0))]}
+    lines = per_class_table(results).splitlines()
+    assert lines[0] == "| row | b | a | c |"  # mean over rows: b 0.2, a 0.75, c 0.8
+    assert lines[2] == "| one | 0.300 | 0.900 | 0.600 |" and lines[3] == "| two | 0.000 | 0.600 | 1.000 |"
