@@ -1,5 +1,5 @@
-"""WSL, LFME, adaptive path weights, teacher switching, zero-label confidence trust and the student's feedback:
-each weight and loss against a value computed by hand (shared/METHODS.md §10f-§10i, §11.7)."""
+"""WSL, LFME, adaptive path weights, teacher switching, zero-label confidence trust, the student's feedback and
+the consistency term: each weight and loss against a value computed by hand (shared/METHODS.md §10f-§10i, §11.7)."""
 
 import math
 
@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amalgam.data.augment import strong_views
 from amalgam.errors import MethodError
 from amalgam.methods import LabeledSet, StepInputs, create_method
-from amalgam.methods.base import Setup
+from amalgam.methods.base import Batch, Setup, StudentForward
+from amalgam.methods.losses import pseudo_label_loss
 from amalgam.methods.targets.adaptive import alignment_weights
 from amalgam.methods.targets.experts import curriculum_weight, self_paced_weight
 from amalgam.methods.targets.wsl import wsl_weights
@@ -215,3 +217,47 @@ def test_student_feedback_mixes_the_students_view_into_the_weights_as_the_run_go
     method.start_epoch(3, 3)  # last epoch: a = 0.5 -> weights .5 * [.5, .5] + .5 * [.8, .2] = [.65, .35]
     target = method.target(teacher_logits, student_logits=student)
     assert target.tolist()[0] == pytest.approx([0.325, 0.325, 0.175, 0.175])
+
+
+def test_consistency_learns_the_strong_views_of_the_samples_the_student_and_its_target_agree_on():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    images = torch.rand(6, 1, 4, 4)
+    labels = torch.tensor([1, -1, -1, -1, -1, -1])
+    teacher_logits = [torch.randn(6, 2) * 3, torch.randn(6, 2) * 3]
+    batch = Batch(images, labels, torch.arange(6), [TeacherOutput(logits=z) for z in teacher_logits])
+    options = {"temperature": 1.0, "consistency": 2.0, "consistency_threshold": 0.3}
+    method = create_method("soft-targets", SPACE, TEACHERS, options)
+    plain = create_method("soft-targets", SPACE, TEACHERS, {**options, "consistency": 0.0})
+
+    torch.manual_seed(1)
+    losses = method.step(batch, StudentForward(student, [], []))
+    torch.manual_seed(1)  # the same strong views, drawn by hand
+    strong = student(strong_views(images))
+    weak = student(images).softmax(dim=-1)
+    prior = method.target(teacher_logits, temperature=1.0)
+    term, kept = pseudo_label_loss(strong, weak, labels, 0.3, prior)
+    assert losses["consistency"].item() == pytest.approx(2.0 * term.item(), rel=1e-5)
+    assert term.item() > 0
+    # by hand: which samples pass (student x target at least 0.3 sure, or labeled) and what they learn
+    r = weak * prior
+    r = r / r.sum(dim=-1, keepdim=True)
+    keep = (r.max(dim=-1).values >= 0.3) | (labels >= 0)
+    classes = torch.where(labels >= 0, labels, r.argmax(dim=-1))
+    by_hand = 2.0 * (F.cross_entropy(strong, classes, reduction="none") * keep).sum() / 6
+    assert losses["consistency"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert 0 < kept.item() == pytest.approx(keep.float().mean().item())
+    assert method.end_epoch(student) == {"consistency_kept": pytest.approx(kept.item())}  # and is reset
+    assert method.end_epoch(student) == {}
+    # the other terms are those of the same method without consistency, on the batch's own view
+    assert losses["soft"].item() == pytest.approx(plain.step(batch, StudentForward(student, [], []))["soft"].item())
+    assert "consistency" not in plain.step(batch, StudentForward(student, [], []))
+    method.eval()  # evaluation runs no strong view
+    assert "consistency" not in method.step(batch, StudentForward(student, [], []))
+
+
+def test_consistency_options_are_checked():
+    with pytest.raises(MethodError, match="consistency_threshold must be in"):
+        create_method("trust-learner", SPACE, TEACHERS, {"consistency": 1.0, "consistency_threshold": 1.5})
+    with pytest.raises(MethodError, match="consistency must be 0"):
+        create_method("soft-targets", SPACE, TEACHERS, {"consistency": -1.0})

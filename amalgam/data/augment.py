@@ -206,13 +206,13 @@ def crop_and_flip(images: torch.Tensor, box: np.ndarray | None, flip: np.ndarray
     >>> crop_and_flip(image, np.array([[0.0, 0.0, 0.5, 0.5]]), np.array([False]))[0, 0].tolist()
     [[1.0, 1.25], [1.5, 1.75]]
     """
+    flip = torch.as_tensor(flip, dtype=torch.bool, device=images.device)  # arrays, or tensors on any device
     if box is None:
-        mirrored = torch.from_numpy(np.asarray(flip, dtype=bool)).view(-1, 1, 1, 1)
-        return torch.where(mirrored, images.flip(-1), images)
-    box = torch.as_tensor(box, dtype=images.dtype)
+        return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    box = torch.as_tensor(box, dtype=images.dtype, device=images.device)
     top, left, h, w = box.unbind(dim=1)
-    sign = 1.0 - 2.0 * torch.as_tensor(np.asarray(flip, dtype=bool), dtype=images.dtype)
-    theta = torch.zeros(len(images), 2, 3, dtype=images.dtype)
+    sign = 1.0 - 2.0 * flip.to(images.dtype)
+    theta = torch.zeros(len(images), 2, 3, dtype=images.dtype, device=images.device)
     theta[:, 0, 0], theta[:, 0, 2] = w * sign, 2 * left + w - 1
     theta[:, 1, 1], theta[:, 1, 2] = h, 2 * top + h - 1
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -235,6 +235,41 @@ def cutmix_masks(lam: np.ndarray, centre: np.ndarray, height: int, width: int) -
     inside = ((ys >= torch.as_tensor(top).view(-1, 1, 1)) & (ys < torch.as_tensor(bottom).view(-1, 1, 1))
               & (xs >= torch.as_tensor(left).view(-1, 1, 1)) & (xs < torch.as_tensor(right).view(-1, 1, 1)))
     return inside[:, None].float()
+
+
+def strong_views(images: torch.Tensor, crop_scale: tuple[float, float] = (0.35, 1.0),
+                 cutout: float = 0.5) -> torch.Tensor:
+    """A strongly augmented view of each image of a batch, made where the batch is (no host sync), for
+    consistency training: a random resized crop (area share from ``crop_scale``, aspect ratio log-uniform in
+    [3/4, 4/3], clamped to the image instead of torchvision's retries), then a square of side ``cutout`` x the
+    shorter side, placed uniformly inside the image, filled with grey 0.5 (FixMatch's Cutout). No flip: a mirror
+    changes the class of some images (digits, text). The draws come from torch's generator on the batch's
+    device, which the engine seeds and checkpoints, so a resumed run draws the same views.
+
+    (Inferred: FixMatch's strong augmentation is RandAugment + Cutout; here crop + Cutout, which every image
+    type allows.)
+
+    >>> views = strong_views(torch.ones(2, 1, 8, 8), crop_scale=(1.0, 1.0), cutout=0.5)
+    >>> (views == 0.5).sum(dim=(1, 2, 3)).tolist()  # a 4 x 4 grey square in each constant image
+    [16, 16]
+    """
+    batch, _, height, width = images.shape
+    device = images.device
+    share = torch.empty(batch, device=device).uniform_(*crop_scale)
+    aspect = torch.empty(batch, device=device).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
+    h = (share * width / height / aspect).sqrt().clamp(max=1.0)  # fractions of the height and the width
+    w = (share * height / width * aspect).sqrt().clamp(max=1.0)
+    top, left = torch.rand(batch, device=device) * (1 - h), torch.rand(batch, device=device) * (1 - w)
+    views = crop_and_flip(images, torch.stack([top, left, h, w], dim=1).to(images.dtype),
+                          torch.zeros(batch, dtype=torch.bool, device=device))
+    side = int(cutout * min(height, width))
+    if side == 0:
+        return views
+    y0 = (torch.rand(batch, device=device) * (height - side + 1)).floor().view(-1, 1, 1)
+    x0 = (torch.rand(batch, device=device) * (width - side + 1)).floor().view(-1, 1, 1)
+    ys, xs = torch.arange(height, device=device).view(1, -1, 1), torch.arange(width, device=device).view(1, 1, -1)
+    inside = (ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)
+    return torch.where(inside[:, None], torch.full_like(views, 0.5), views)
 
 
 class TransferViews(Dataset):

@@ -95,6 +95,37 @@ def label_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mix: LabelMi
     return -(weight * first + (1 - weight) * second).mean()
 
 
+def pseudo_label_loss(strong_logits: torch.Tensor, weak_probs: torch.Tensor, labels: torch.Tensor,
+                      threshold: float, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's consistency term (Sohn et al., NeurIPS 2020): the class of each sample's weak view, where the
+    model is sure of it, is learnt on its strong view.
+
+    The pseudo-label distribution is ``r = weak_probs``, or with a ``prior`` (``B x C``, here the teachers'
+    combined target) ``r ∝ weak_probs * prior``: the student and its teachers must agree for a class to pass
+    (ours, inferred). Sample ``b`` costs ``CE(strong_logits_b, argmax r_b)`` where ``max r_b >= threshold``, and
+    its label instead where it has one (``labels_b >= 0``); the sum is divided by the whole batch, as FixMatch
+    divides by the unlabeled batch size, so few confident samples make a small term. Returns the term and the
+    share of the batch that counted (on the device: read it when logging).
+
+    >>> strong = torch.zeros(2, 2)  # CE = ln 2 whatever the class
+    >>> weak = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
+    >>> loss, kept = pseudo_label_loss(strong, weak, torch.tensor([-1, -1]), 0.8)  # only the first: ln 2 / 2
+    >>> round(loss.item(), 4), kept.item()
+    (0.3466, 0.5)
+    >>> prior = torch.tensor([[0.5, 0.5], [0.1, 0.9]])  # r_2 = (0.06, 0.36) / 0.42: 0.857 passes
+    >>> round(pseudo_label_loss(strong, weak, torch.tensor([-1, -1]), 0.8, prior)[0].item(), 4)
+    0.6931
+    >>> round(pseudo_label_loss(strong, weak, torch.tensor([-1, 1]), 0.99)[0].item(), 4)  # a label always counts
+    0.3466
+    """
+    r = weak_probs.float() if prior is None else weak_probs.float() * prior.float()
+    confidence, pseudo = (r / r.sum(dim=-1, keepdim=True).clamp(min=1e-12)).max(dim=-1)
+    labeled = labels >= 0
+    classes = torch.where(labeled, labels, pseudo)
+    keep = (labeled | (confidence >= threshold)).to(strong_logits.dtype)
+    return (F.cross_entropy(strong_logits, classes, reduction="none") * keep).sum() / len(strong_logits), keep.mean()
+
+
 def normalized_distance(x: torch.Tensor, y: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``B`` distances ``|| x_i / ||x_i||_2 - y_i / ||y_i||_2 ||_p`` between rows flattened to vectors.
 

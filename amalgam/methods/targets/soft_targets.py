@@ -14,9 +14,10 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from amalgam.data.augment import strong_views
 from amalgam.errors import MethodError
-from amalgam.methods.base import Method, Options, StepInputs
-from amalgam.methods.losses import kd_loss, label_cross_entropy
+from amalgam.methods.base import Batch, Method, Options, StepInputs, StudentForward
+from amalgam.methods.losses import kd_loss, label_cross_entropy, pseudo_label_loss
 from amalgam.methods.registry import register_method
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.placement import membership_from_predictions, place_logits, place_probabilities
@@ -33,6 +34,17 @@ class WeightedTargets(Method):
     weights: ``w <- (1 - a) w + a m_s(x)``, where ``m_s`` is the share of the student's probability on each
     teacher's classes and ``a`` grows linearly from 0 in the first epoch to ``student_feedback`` in the last.
     The student, which learns from all the unlabeled data, thus corrects the choice of teacher as it improves.
+
+    ``consistency`` (ours, 0 = off) adds FixMatch's term (Sohn et al., NeurIPS 2020), so the student can learn
+    from the images what its target gets wrong: each batch also goes through the student as a strong view
+    (:func:`~amalgam.data.augment.strong_views`: crop and Cutout, in one forward with the batch, as FixMatch
+    batches its views), and where the student's prediction on the batch's own view, times the combined target at
+    temperature 1 (``consistency_prior="target"``; ``"none"``: the student's alone), is at least
+    ``consistency_threshold`` sure of a class, the strong view learns that class
+    (:func:`~amalgam.methods.losses.pseudo_label_loss`; labeled samples learn their label). Its weight is
+    ``consistency``; each epoch's record has ``consistency_kept``, the share of samples that learnt a class on
+    their strong view. Deviations: FixMatch has no teachers (the prior is ours), uses RandAugment, and trains for
+    about a thousand epochs.
     """
 
     @dataclass
@@ -46,10 +58,16 @@ class WeightedTargets(Method):
         label_weight: float = 1.0
         target: Literal["soft", "hard"] = "soft"
         student_feedback: float = 0.0
+        consistency: float = 0.0
+        consistency_threshold: float = 0.95
+        consistency_prior: Literal["target", "none"] = "target"
 
         def __post_init__(self) -> None:
             super().__post_init__()
             self.require(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+            self.require(self.consistency >= 0, f"consistency must be 0 (off) or positive, got {self.consistency}")
+            self.require(0.0 < self.consistency_threshold <= 1.0,
+                         f"consistency_threshold must be in (0, 1], got {self.consistency_threshold}")
             self.require(0.0 <= self.student_feedback <= 1.0,
                          f"student_feedback must be in [0, 1], got {self.student_feedback}")
 
@@ -63,6 +81,10 @@ class WeightedTargets(Method):
         self.soft_weight = float(o.soft_weight)
         self.label_weight = float(o.label_weight)
         self.target_mode = o.target
+        self.consistency = float(o.consistency)
+        self.consistency_threshold = float(o.consistency_threshold)
+        self.consistency_prior = o.consistency_prior
+        self.kept: list[torch.Tensor] = []  # each batch's share of samples the consistency term kept (on the device)
         self.register_buffer("membership", label_space.membership(), persistent=False)
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
@@ -100,6 +122,31 @@ class WeightedTargets(Method):
 
     def combined_target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         return self.target(teacher_logits, images)
+
+    def step(self, batch: Batch, student: StudentForward) -> dict[str, torch.Tensor]:
+        """The default step, plus the consistency term on a strong view of the batch when ``consistency > 0``."""
+        if self.consistency == 0 or not self.training:
+            return super().step(batch, student)
+        size = len(batch.images)
+        both, features = student(torch.cat([batch.images, strong_views(batch.images)]))
+        logits, strong = both[:size], both[size:]
+        losses = self.loss(StepInputs.of(batch, logits, {k: v[:size] for k, v in features.items()}))
+        teacher_logits = [out.logits for out in batch.teacher_outputs]
+        with torch.no_grad():
+            prior = (self.target(teacher_logits, batch.images, temperature=1.0, rows=batch.rows)
+                     if self.consistency_prior == "target" else None)
+            weak = logits.detach().float().softmax(dim=-1)
+        term, kept = pseudo_label_loss(strong, weak, batch.labels, self.consistency_threshold, prior)
+        self.kept.append(kept.detach())
+        losses["consistency"] = self.consistency * term
+        return losses
+
+    def end_epoch(self, student: torch.nn.Module) -> dict[str, float]:
+        """With consistency: the share of samples whose strong view learnt a class this epoch (read once here)."""
+        if not self.kept:
+            return {}
+        share, self.kept = float(torch.stack(self.kept).mean()), []
+        return {"consistency_kept": share}
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = [out.logits for out in step.teacher_outputs]
