@@ -34,7 +34,7 @@ def method_markdown(name: str) -> str:
     <BLANKLINE>
     *Paper:* Reference: no teachers, labels only
     >>> method_markdown("teacher-switching").splitlines()[-1]
-    '*Allowed values:* `target`: soft | hard; `order`: round-robin | random'
+    '*Allowed values:* `target`: soft | hard; `consistency_prior`: target | none; `order`: round-robin | random'
     """
     cls = get_method(name)
     text = f"**{name}**: {cls.summary}\n\n*Paper:* {cls.paper or '—'}"
