@@ -155,7 +155,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-
 def per_class_table(results: dict) -> str:
     """Each trained row's accuracy on each class (mean over its seeds), the hardest classes (by the rows' mean)
     first, so the table shows where the rows differ.
@@ -173,6 +172,7 @@ def per_class_table(results: dict) -> str:
     lines = ["| row | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(f"{m[name]:.3f}" for name in order) + " |" for label, m in means.items()]
     return "\n".join(lines)
+
 
 def _bar_plot(results: dict, path: Path) -> None:
     import matplotlib
