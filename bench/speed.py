@@ -46,7 +46,7 @@ from amalgam.config import TrainConfig
 from amalgam.data import RelabeledImages, load_data, stratified_indices
 from amalgam.data.augment import TransferViews
 from amalgam.engine import train
-from amalgam.engine.trainer import Trainable, probe
+from amalgam.engine.trainer import Trainable, adamw, parameter_groups, probe
 from amalgam.knowledge import KnowledgeCache, LiveSignals
 from amalgam.methods import LabeledSet, available_methods, create_method
 from amalgam.methods.base import Batch, Setup
@@ -258,15 +258,17 @@ def method_steps(setting_name: str, rounds: int, batch_size: int) -> list[dict]:
     visible = stratified_indices(data.train_labels[rows], LABELED_FRACTION, 0)
     transfer = RelabeledImages(Subset(data.train, rows), label_map, visible=visible)
     root = Path(tempfile.mkdtemp(prefix="speed-steps-"))
-    batch = torch.stack([transfer[i][0] for i in range(batch_size)])
-    labels = torch.tensor([transfer[i][1] for i in range(batch_size)])
-    indices = torch.arange(batch_size)
-    truth = torch.tensor([label_map[int(y)] for y in data.train_labels[:batch_size]])
+    # a shuffled batch's rows, as training reads them (the cache's rows are scattered over its record batches)
+    indices = torch.randperm(STEP_SUBSET, generator=torch.Generator().manual_seed(0))[:batch_size]
+    batch = torch.stack([transfer[i][0] for i in indices.tolist()])
+    labels = torch.tensor([transfer[i][1] for i in indices.tolist()])
+    truth = torch.tensor([label_map[int(y)] for y in data.train_labels[indices.numpy()]])
     size = default_input_size(data.size)
+    config = TrainConfig(lr=1e-4)  # every variant steps the engine's own optimizer
 
     torch.manual_seed(0)
     plain = Student(STUDENT, class_names=space.class_names, input_size=size, channels=data.channels).train()
-    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-4)
+    plain_optimizer = adamw(parameter_groups(plain, [], config), config, torch.device("cpu"))
 
     def supervised_step() -> None:
         loss = F.cross_entropy(plain(batch), truth)
@@ -292,8 +294,8 @@ def method_steps(setting_name: str, rounds: int, batch_size: int) -> list[dict]:
             if not needs.label_free else None
         method.setup(Setup(labeled, list(signals.logits) if signals is not None else None, model, stages,
                            **(probe(trainable, signals, transfer) if needs.taps_features else {})))
-        parameters = [p for p in trainable.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+        optimizer = adamw(parameter_groups(model, [p for p in method.parameters() if p.requires_grad], config),
+                          config, torch.device("cpu"))
 
         def step(trainable=trainable, optimizer=optimizer, signals=signals) -> None:
             outputs = signals(batch, indices) if signals is not None else []
@@ -383,6 +385,8 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         "",
         f"## One training step of every method, batch {results['batch_size']}, Fashion-MNIST split",
         "",
+        *([f"Rerun alone by `{results['steps_command']}`; a shuffled batch's rows, every variant stepping the "
+           "engine's fused AdamW.", ""] if "steps_command" in results else []),
         "| method | teacher signals | median (ms) | ÷ plain supervised step |",
         "|---|---|---|---|",
         *[f"| {row['variant']} | {row['signals']} | {row['median_ms']:.1f} | {row['ratio']:.3f} |" for row in steps],
@@ -418,7 +422,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jpeg-rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1) - 1)))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only-steps", action="store_true",
+                        help="rerun only the every-method step table; the other sections are kept from speed.json")
     args = parser.parse_args(argv)
+    if args.only_steps:
+        results = json.loads((args.out / "speed.json").read_text())
+        results["steps"] = method_steps(args.setting, args.rounds, args.batch_size)
+        results["steps_command"] = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python -m bench.speed "
+                                    f"--setting {args.setting} --only-steps (load average {os.getloadavg()[0]:.1f})")
+        print(write_report(results, args.out).read_text())
+        return
     command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python -m bench.speed --setting "
                f"{args.setting} --jpegs {args.jpegs}")
     folder = jpeg_folder(args.jpegs)

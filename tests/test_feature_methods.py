@@ -100,6 +100,41 @@ def test_relative_dissimilarity_by_hand():
     assert relative_dissimilarity_loss(LINE_A, votes, 1, margin=0.0, normalize=False).item() == 0.0
 
 
+def test_the_written_out_triplet_gradient_equals_autograd_through_the_plain_expression():
+    torch.manual_seed(0)
+    teachers = [torch.randn(16, 5), torch.randn(16, 9), torch.randn(16, 3)]
+    votes = triplet_votes(teachers)
+    assert votes.dtype == torch.int8 and votes.abs().max() == 3
+    for vote in ("hard", "soft"):
+        student = torch.randn(16, 7, requires_grad=True)
+        relative_dissimilarity_loss(student, votes, 3, margin=0.1, vote=vote).backward()
+        fast = student.grad.clone()
+        student.grad = None
+        d = squared_distances(student)
+        hinge = (d[:, :, None] - d[:, None, :] + 0.1).clamp(min=0.0)
+        weights = (votes > 0).float() if vote == "hard" else votes.clamp(min=0).float() / 3
+        plain = (hinge * weights).sum() / (votes > 0).sum()
+        plain.backward()
+        assert torch.allclose(fast, student.grad, rtol=1e-5, atol=1e-7), vote  # the distances are float32
+        assert relative_dissimilarity_loss(student, votes, 3, vote=vote).item() == pytest.approx(plain.item())
+
+
+def test_the_triplet_loss_keeps_one_byte_per_triplet_for_its_backward():
+    batch = 48
+    votes = triplet_votes([torch.randn(batch, 5), torch.randn(batch, 9), torch.randn(batch, 3)])
+    student = torch.randn(batch, 7, requires_grad=True)
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        relative_dissimilarity_loss(student, votes, 3, vote="hard").backward()
+    # the hinge mask (B^3 bytes) and the distances' B x B and B x D matrices; a float hinge alone is 4 B^3
+    assert sum(saved) <= batch ** 3 + 16 * batch * batch * 4
+
+
 def test_conflicting_teachers_tie_and_a_majority_wins():
     student = torch.tensor([[0.0], [2.0], [1.0]], requires_grad=True)
     tied = triplet_votes([LINE_A, LINE_B], normalize=False)

@@ -56,6 +56,7 @@ from torch.utils.data import Dataset, Subset
 
 from amalgam.data.augment import TransferViews
 from amalgam.data.images import RelabeledImages, TensorImages
+from amalgam.knowledge.columns import MappedColumn
 from amalgam.knowledge.integrity import ARROW_FILE, KEY_FILE, PARTIAL_PREFIX, check_file, is_complete, read_meta
 from amalgam.knowledge.signals import CACHE_BATCH
 from amalgam.knowledge.writer import CacheRun, broadcast, write_cache
@@ -207,9 +208,8 @@ class KnowledgeCache:
             torch.from_numpy(np.asarray(ds.with_format("numpy", columns=["logits"])[:]["logits"], dtype=np.float32))
             for ds in self.datasets
         ]
-        self._taps = [list(meta["features"]) for meta in self.meta]
-        self._tables = [ds.with_format("numpy", columns=[meta["features"][t]["column"] for t in taps])
-                        for ds, meta, taps in zip(self.datasets, self.meta, self._taps)]
+        self._columns = [{tap: MappedColumn(ds.data.column(spec["column"])) for tap, spec in meta["features"].items()}
+                         for ds, meta in zip(self.datasets, self.meta)]
 
     @classmethod
     def build(
@@ -283,14 +283,12 @@ class KnowledgeCache:
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> list[TeacherOutput]:
         rows = indices.cpu()
         outputs = []
-        for logits, table, meta, taps in zip(self.logits, self._tables, self.meta, self._taps):
-            features = {}
-            if taps:
-                batch = table[rows.tolist()]
-                for tap in taps:
-                    spec = meta["features"][tap]
-                    values = torch.from_numpy(np.asarray(batch[spec["column"]]))
-                    features[tap] = values.to(images.device).float().reshape(len(rows), *spec["shape"])
+        for logits, columns, meta in zip(self.logits, self._columns, self.meta):
+            features = {
+                tap: torch.from_numpy(column.take(rows.numpy())).to(images.device).float()
+                .reshape(len(rows), *meta["features"][tap]["shape"])
+                for tap, column in columns.items()
+            }
             outputs.append(TeacherOutput(logits=logits[rows].to(images.device), features=features))
         return outputs
 

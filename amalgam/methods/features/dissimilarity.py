@@ -21,25 +21,31 @@ def triplet_votes(features: Sequence[torch.Tensor], normalize: bool = True) -> t
     """The teachers' summed votes on every in-batch triplet (relative dissimilarity, §1, inferred).
 
     ``features`` holds one ``B x D_k`` tensor per teacher (widths may differ). Entry ``[a, i, j]`` of the
-    ``B x B x B`` result is ``sum_k sign(d_k(a, j) - d_k(a, i))`` with ``d_k`` the squared Euclidean distance
-    between teacher ``k``'s (optionally L2-normalised) features: positive when the teachers say ``x_i`` is
-    closer to the anchor ``x_a`` than ``x_j``. Entries whose indices are not distinct are 0.
+    ``B x B x B`` result (int8: at most 127 teachers) is ``sum_k sign(d_k(a, j) - d_k(a, i))`` with ``d_k`` the
+    squared Euclidean distance between teacher ``k``'s (optionally L2-normalised) features: positive when the
+    teachers say ``x_i`` is closer to the anchor ``x_a`` than ``x_j``. Entries whose indices are not distinct
+    are 0.
 
     >>> triplet_votes([torch.tensor([[0.0], [1.0], [3.0]])], normalize=False)[0]  # anchor 0: 1 is closer than 3
-    tensor([[ 0.,  0.,  0.],
-            [ 0.,  0.,  1.],
-            [ 0., -1.,  0.]])
+    tensor([[ 0,  0,  0],
+            [ 0,  0,  1],
+            [ 0, -1,  0]], dtype=torch.int8)
     """
+    if len(features) > 127:
+        raise ValueError(f"triplet_votes counts at most 127 teachers' votes, got {len(features)}")
     total = None
     for g in features:
         d = squared_distances(g, normalize)
-        votes = torch.sign(d[:, None, :] - d[:, :, None])  # [a, i, j] = sign(d(a, j) - d(a, i))
+        farther, nearer = d[:, None, :], d[:, :, None]  # [a, i, j]: d(a, j) and d(a, i)
+        # sign(d(a, j) - d(a, i)) from two comparisons: one byte per triplet, no float B x B x B tensor
+        votes = torch.gt(farther, nearer).to(torch.int8).sub_(torch.lt(farther, nearer).to(torch.int8))
         total = votes if total is None else total.add_(votes)
     # i == j gives sign(0) = 0 already; the anchor's own rows and columns (a == i, a == j) are zeroed in place
     anchor = torch.arange(total.shape[0], device=total.device)
-    total[anchor, anchor, :] = 0.0
-    total[anchor, :, anchor] = 0.0
+    total[anchor, anchor, :] = 0
+    total[anchor, :, anchor] = 0
     return total
+
 
 def squared_distances(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """``B x B`` squared Euclidean distances between the rows of ``features`` (flattened, L2-normalised first
@@ -70,15 +76,41 @@ def relative_dissimilarity_loss(student_features: torch.Tensor, votes: torch.Ten
     >>> relative_dissimilarity_loss(g, triplet_votes([g], normalize=False), 1, margin=0.0, normalize=False).item()
     0.0
     """
-    d = squared_distances(student_features, normalize)
-    hinge = (d[:, :, None] - d[:, None, :] + margin).clamp(min=0.0)  # [a, i, j]: d(a, i) - d(a, j) + margin
     if vote not in ("hard", "soft"):
         raise ValueError(f"vote must be 'hard' or 'soft', got {vote!r}")
     voted = votes > 0
-    if not voted.any():
+    count = voted.sum()
+    if not count:
         return student_features.sum() * 0.0
-    weighted = hinge * (votes.abs() / num_teachers) if vote == "soft" else hinge
-    return torch.where(voted, weighted, 0.0).sum() / voted.sum()
+    weights = voted if vote == "hard" else votes.clamp(min=0).float() / num_teachers
+    d = squared_distances(student_features, normalize)
+    return VotedHinge.apply(d, weights, margin) / count
+
+
+class VotedHinge(torch.autograd.Function):
+    """``sum_aij w[a, i, j] [d[a, i] - d[a, j] + margin]_+`` for a ``B x B`` ``d`` and fixed ``B x B x B``
+    weights ``w`` (bool or float), with its gradient written out: ``dL/dd[a, x] = sum_j A[a, x, j] -
+    sum_i A[a, i, x]`` where ``A = w [hinge > 0]``. Autograd through the same expression keeps several float
+    ``B x B x B`` tensors for the backward (B = 128: 8 MiB each); this keeps one byte (or float) per triplet.
+
+    >>> d = torch.tensor([[0.0, 4.0, 1.0], [4.0, 0.0, 1.0], [1.0, 1.0, 0.0]], requires_grad=True)
+    >>> w = torch.zeros(3, 3, 3, dtype=torch.bool); w[0, 1, 2] = True  # anchor 0: 1 should be closer than 2
+    >>> loss = VotedHinge.apply(d, w, 0.0); loss.backward(); loss.item(), d.grad[0].tolist()
+    (3.0, [0.0, 1.0, -1.0])
+    """
+
+    @staticmethod
+    def forward(ctx, d: torch.Tensor, weights: torch.Tensor, margin: float) -> torch.Tensor:
+        hinge = d[:, :, None] - d[:, None, :]
+        hinge.add_(margin).clamp_(min=0.0)
+        active = weights & (hinge > 0) if weights.dtype == torch.bool else weights * (hinge > 0)
+        ctx.save_for_backward(active)
+        return hinge.mul_(weights).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        active = ctx.saved_tensors[0].to(grad.dtype)  # sums of a bool tensor along a dimension are much slower
+        return grad * (active.sum(dim=2) - active.sum(dim=1)), None, None
 
 
 @register_method

@@ -82,15 +82,43 @@ def resize_map(feature: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(feature, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def adapter(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+def on_single_positions(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution of a ``B x C x 1 x 1`` map with ``weight`` (``O x C x 1 x 1``) as one matrix product:
+    the same numbers up to rounding, and on CPUs about twice as fast as the convolution kernels, forward and
+    backward, at the sizes of a small student's deepest stage (128 x 256 -> 128 measured: 0.46 ms against 0.94).
+    On larger maps neither wins everywhere, so those keep the convolution."""
+    return F.linear(x.flatten(1), weight.flatten(1), bias)[:, :, None, None]
+
+
+class Pointwise(nn.Conv2d):
+    """A 1x1 convolution (a ``Conv2d``, with its weights and state dict) that on 1 x 1 maps is one matrix
+    product (:func:`on_single_positions`).
+
+    >>> conv = Pointwise(4, 2)
+    >>> x = torch.randn(3, 4, 1, 1)
+    >>> torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias), atol=1e-6)
+    True
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (1, 1):
+            return on_single_positions(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def adapter(in_channels: int, out_channels: int, bias: bool = True) -> Pointwise:
     """A 1x1 convolution from one width to another (the FAMs of §4, the align layers of §2)."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
+    return Pointwise(in_channels, out_channels, bias=bias)
 
 
 class Conv3x3(nn.Conv2d):
     """A 3x3 convolution with padding 1 that keeps the spatial size. On a 1 x 1 map (a small student's deepest
     stage) only the kernel's centre meets the input, the other taps meeting the zero padding, so it multiplies by
-    the centre alone: the same output and gradients (zero on the other taps) at a ninth of the work.
+    the centre alone (:func:`on_single_positions`): the same output and gradients (zero on the other taps) at a ninth
+    of the work.
 
     >>> conv = Conv3x3(4, 2)
     >>> x = torch.randn(3, 4, 1, 1)
@@ -103,7 +131,7 @@ class Conv3x3(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] == (1, 1):
-            return F.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
+            return on_single_positions(x, self.weight[:, :, 1:2, 1:2], self.bias)
         return super().forward(x)
 
 
