@@ -117,8 +117,8 @@ def adapter(in_channels: int, out_channels: int, bias: bool = True) -> Pointwise
 class Conv3x3(nn.Conv2d):
     """A 3x3 convolution with padding 1 that keeps the spatial size. On a 1 x 1 map (a small student's deepest
     stage) only the kernel's centre meets the input, the other taps meeting the zero padding, so it multiplies by
-    the centre alone (:func:`on_single_positions`): the same output and gradients (zero on the other taps) at a ninth
-    of the work.
+    the centre alone (:func:`on_single_positions`): the same output and gradients (zero on the other taps) at a
+    ninth of the work.
 
     >>> conv = Conv3x3(4, 2)
     >>> x = torch.randn(3, 4, 1, 1)
