@@ -340,6 +340,12 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
     build, epochs, steps, inference = results["cache_build"], results["epochs"], results["steps"], results["inference"]
     sup, kd = epochs["supervised"], epochs["kd"]
     hand = kd["hand-written KD loop, teacher live"]
+
+    def rerun(section: str, note: str = "") -> list[str]:
+        """The line naming the command a section was rerun alone by, when it was (``--only``)."""
+        command = results.get("reruns", {}).get(section)
+        return [f"Rerun alone by `{command}`" + (f"; {note}" if note else "."), ""] if command else []
+
     lines = [
         "# Speed",
         "",
@@ -363,6 +369,7 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         "",
         f"The cache builds at **{build['ratio']:.2f}** of the plain loop's speed (goal: at least 0.9).",
         "",
+        *rerun("cache-build"),
         f"### One epoch (student `{STUDENT}` at {epochs['student_input']} px, batch {epochs['batch']}, "
         f"{epochs['workers']} workers)",
         "",
@@ -385,8 +392,7 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
         "",
         f"## One training step of every method, batch {results['batch_size']}, Fashion-MNIST split",
         "",
-        *([f"Rerun alone by `{results['steps_command']}`; a shuffled batch's rows, every variant stepping the "
-           "engine's fused AdamW.", ""] if "steps_command" in results else []),
+        *rerun("steps", "a shuffled batch's rows, every variant stepping the engine's fused AdamW."),
         "| method | teacher signals | median (ms) | ÷ plain supervised step |",
         "|---|---|---|---|",
         *[f"| {row['variant']} | {row['signals']} | {row['median_ms']:.1f} | {row['ratio']:.3f} |" for row in steps],
@@ -413,6 +419,21 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
     return path
 
 
+SECTIONS = {"cache-build": "cache_build", "epochs": "epochs", "steps": "steps", "inference": "inference"}
+
+
+def run_section(section: str, args: argparse.Namespace) -> dict | list:
+    """Measure one section of the report (a key of :data:`SECTIONS`) with the command line's settings."""
+    if section in ("cache-build", "epochs"):
+        folder = jpeg_folder(args.jpegs)
+        teacher = load_teacher(write_lite0_folder(Path(tempfile.mkdtemp()) / "lite0"))
+        measure = cache_build if section == "cache-build" else epochs_on_jpegs
+        return measure(folder, teacher, 64, args.workers, args.jpeg_rounds)
+    if section == "steps":
+        return method_steps(args.setting, args.rounds, args.batch_size)
+    return inference_times(args.setting, args.rounds, args.batch_size)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="fmnist-split")
@@ -422,28 +443,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jpeg-rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1) - 1)))
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only-steps", action="store_true",
-                        help="rerun only the every-method step table; the other sections are kept from speed.json")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=None, metavar="SECTIONS",
+                        help=f"rerun only these sections ({', '.join(SECTIONS)}, comma-separated); the others are "
+                             "kept from speed.json")
     args = parser.parse_args(argv)
-    if args.only_steps:
+    if args.only:
+        unknown = sorted(set(args.only) - set(SECTIONS))
+        if unknown:
+            parser.error(f"--only: unknown sections {unknown}; the sections are {', '.join(SECTIONS)}")
         results = json.loads((args.out / "speed.json").read_text())
-        results["steps"] = method_steps(args.setting, args.rounds, args.batch_size)
-        results["steps_command"] = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python -m bench.speed "
-                                    f"--setting {args.setting} --only-steps (load average {os.getloadavg()[0]:.1f})")
+        for section in args.only:
+            load = os.getloadavg()[0]  # before the section loads the machine itself
+            results[SECTIONS[section]] = run_section(section, args)
+            jpegs = section in ("cache-build", "epochs")
+            rounds = f"--jpeg-rounds {args.jpeg_rounds}" if jpegs else f"--rounds {args.rounds}"
+            results.setdefault("reruns", {})[section] = (
+                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python -m bench.speed --setting "
+                f"{args.setting} --only {section} {rounds} (load average {load:.1f})")
         print(write_report(results, args.out).read_text())
         return
     command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python -m bench.speed --setting "
                f"{args.setting} --jpegs {args.jpegs}")
-    folder = jpeg_folder(args.jpegs)
-    teacher = load_teacher(write_lite0_folder(Path(tempfile.mkdtemp()) / "lite0"))
     results = {
         "setting": args.setting, "batch_size": args.batch_size, "command": command,
         "load_average": os.getloadavg()[0], "jpeg_folder": f"{args.jpegs} files, 224x224 RGB JPEG, quality 90",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "cache_build": cache_build(folder, teacher, 64, args.workers, args.jpeg_rounds),
-        "epochs": epochs_on_jpegs(folder, teacher, 64, args.workers, args.jpeg_rounds),
-        "steps": method_steps(args.setting, args.rounds, args.batch_size),
-        "inference": inference_times(args.setting, args.rounds, args.batch_size),
+        **{key: run_section(section, args) for section, key in SECTIONS.items()},
     }
     print(write_report(results, args.out).read_text())
 

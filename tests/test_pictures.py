@@ -60,3 +60,10 @@ def test_student_predict_takes_any_form_of_picture_and_agrees(tmp_path):
         assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-6)
     mixed = student.predict([RGB, np.zeros((40, 30), dtype=np.uint8)], top_k=1)  # different sizes and channels
     assert len(mixed) == 2
+
+
+def test_float_pixels_are_clipped_to_0_1_and_integer_pixels_are_exact_levels():
+    floats = picture_tensor(np.array([[-0.5, 0.25, 2.0]], dtype=np.float32))
+    assert floats.tolist() == [[[0.0, 0.25, 1.0]]]
+    levels = picture_tensor(np.array([[0, 51, 255]], dtype=np.uint8))
+    assert levels.tolist() == [[[0.0, np.float32(51) / np.float32(255), 1.0]]]

@@ -97,3 +97,20 @@ def test_timm_defaults_are_resolve_data_configs():
     assert wide.resize == "fit" and wide.resized_shape(300, 451) == (213, 320) and wide.fill == (128 / 255,) * 3
     with pytest.raises(ValueError, match="crop_mode"):
         ImageSpec.from_timm_config({"crop_mode": "zoom"})
+
+
+def test_a_resized_batch_costs_two_batch_sized_buffers_the_resize_and_the_normalised_view():
+    """The view is made in the loader's workers beside the teacher's convolutions, which share the cores and the
+    memory bandwidth: clamping the bicubic overshoot and dividing by the std happen in place (before: two more
+    buffers of the batch's size per batch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = ImageSpec(size=24, resize="short-side", resize_size=28, interpolation="bicubic", mean=(0.5,) * 3,
+                     std=(0.5,) * 3)
+    raw = torch.rand(8, 3, 20, 20)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as run:
+        out = spec(raw)
+    batch_bytes = out.numel() * out.element_size()
+    allocating = [e.name for e in run.events() if e.cpu_parent is None and e.cpu_memory_usage >= batch_bytes]
+    assert len(allocating) == 2, allocating
+    assert 0.0 <= out.mul(0.5).add(0.5).min() and out.mul(0.5).add(0.5).max() <= 1.0 + 1e-6  # still clamped

@@ -24,13 +24,11 @@ def _from_array(array: np.ndarray, where: str) -> torch.Tensor:
         raise DataError(f"{where}: expected H x W or H x W x C (C of 1, 3 or 4) pixels, got shape {array.shape}")
     if array.shape[2] in (2, 4):  # grey or colour with alpha: the alpha channel carries no class
         array = array[:, :, :-1]
-    if array.dtype == np.uint8:
-        scaled = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        scaled = array.astype(np.float32) / 65535.0  # 16-bit keeps its levels
+    if array.dtype in (np.uint8, np.uint16):  # in [0, 1] once scaled, so no clamp; 16-bit keeps its levels
+        scaled = np.divide(array, 255.0 if array.dtype == np.uint8 else 65535.0, dtype=np.float32)
     else:
-        scaled = array.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1).clamp(0, 1)
+        scaled = np.clip(array.astype(np.float32), 0.0, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)
 
 
 def _from_pil(image: Any) -> torch.Tensor:

@@ -147,7 +147,7 @@ class ImageSpec:
         std = images.new_tensor(self.std).view(1, -1, 1, 1)
         if self.pixel_scale != 1.0:
             images = images * self.pixel_scale
-        return (images - mean) / std
+        return (images - mean).div_(std)  # in place on the fresh difference: one batch-sized buffer fewer
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         shape = self.resized_shape(*images.shape[-2:])
@@ -158,7 +158,7 @@ class ImageSpec:
         resized = F.interpolate(images, size=shape, mode=mode, antialias=smooth,
                                 **({"align_corners": False} if smooth else {}))
         # bicubic overshoots; the libraries' 8-bit images clip, so the view does too
-        return resized.clamp(0.0, 1.0) if mode == "bicubic" else resized
+        return resized.clamp_(0.0, 1.0) if mode == "bicubic" else resized  # in place: resized is new
 
     def _centre_crop(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
