@@ -11,7 +11,7 @@ from demo_methods import demo_setup, demo_student, train_briefly
 from amalgam.errors import MethodError, StudentError
 from amalgam.methods import StepInputs, create_method
 from amalgam.methods.base import Setup
-from amalgam.methods.features.cfl import MMD_SIGMAS, multi_kernel_mmd
+from amalgam.methods.features.cfl import MMD_SIGMAS, CommonFeatureBlock, multi_kernel_mmd, multi_kernel_mmds
 from amalgam.methods.features.dissimilarity import relative_dissimilarity_loss, squared_distances, triplet_votes
 from amalgam.methods.features.layers import Conv3x3, feature_vector
 from amalgam.students.stages import resolve_stages
@@ -42,6 +42,32 @@ def test_mmd_2x2_by_hand():
     assert multi_kernel_mmd(y, x).item() == pytest.approx(expected, rel=1e-5)  # symmetric
     with pytest.raises(ValueError, match="one size"):
         multi_kernel_mmd(x, y[:1])
+
+
+def test_mmds_against_several_batches_are_each_pairs_mmd_from_its_own_three_kernels():
+    """One kernel matrix over the anchor and every other batch gives, per other batch, what the pair's own
+    kernels give (the formula of §0.1 written out here without the shared matrix)."""
+    generator = torch.Generator().manual_seed(1)
+    anchor, *others = (torch.randn(5, 4, generator=generator) + shift for shift in (0.0, 0.0, 1.0, 3.0))
+
+    def pair(x, y, sigmas=(0.1, 1.0)):
+        x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
+        k = lambda a, b: sum(torch.exp(-torch.cdist(a, b).pow(2).clamp(min=1e-12) / (2 * s * s)) for s in sigmas)
+        return (k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()).clamp(min=0)
+
+    got = multi_kernel_mmds(anchor, others, sigmas=(0.1, 1.0))
+    assert torch.allclose(torch.stack(got), torch.stack([pair(anchor, o) for o in others]), atol=1e-5)
+    assert got[0] < got[1] < got[2]  # farther batches, larger discrepancy
+
+
+def test_cfl_codes_of_the_stacked_batch_are_each_maps_own_code():
+    torch.manual_seed(0)
+    block = CommonFeatureBlock(student_width=6, teacher_widths=[4, 10], hidden=3)
+    student_map, *teacher_maps = (torch.randn(2, w, 3, 3) for w in (6, 4, 10))
+    h_s, h_teachers = block.codes(student_map, teacher_maps)
+    assert torch.allclose(h_s, block.extractor(block.align_student(student_map)), atol=1e-6)
+    for align, f, h in zip(block.align_teachers, teacher_maps, h_teachers):
+        assert torch.allclose(h, block.extractor(align(f)), atol=1e-6)
 
 
 # --- relative dissimilarity and voting (§1) ----------------------------------------------------------------------
@@ -215,7 +241,8 @@ def test_cfl_mmd_is_zero_when_the_student_has_the_teachers_features(setup):
     feature = out.features["layer3"]
     method.setup(Setup(student_stages=[3], student_features={3: feature}, teacher_outputs=[out, out]))
     block = method.blocks[0]
-    assert multi_kernel_mmd(block.student_code(feature), block.teacher_code(0, feature)).item() > 0
+    h_s, (h_0, _) = block.codes(feature, [feature, feature])
+    assert multi_kernel_mmd(h_s, h_0).item() > 0
     for align in block.align_teachers:  # the student's and both teachers' align layers made one and the same
         align.load_state_dict(block.align_student.state_dict())
     step = StepInputs(torch.zeros(6, space.num_classes), [out, out], torch.full((6,), -1), images,

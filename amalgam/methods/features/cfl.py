@@ -20,6 +20,10 @@ from amalgam.teachers.teacher import Teacher
 
 
 MMD_SIGMAS = (0.001, 0.01, 0.05, 0.1, 0.2, 1.0, 2.0)  # CFL's official kernel widths (shared/METHODS.md §0.1)
+# The narrow kernels send most exponents far below -87, where exp lands in float32's denormals (under 1.2e-38)
+# and CPUs compute it about 10x slower; raised to -87, those terms become 1.6e-38 instead, far below the
+# resolution of kernel means that hold exp(0)-sized terms.
+EXP_FLOOR = -87.0
 
 def multi_kernel_mmd(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float] = MMD_SIGMAS,
                      normalize: bool = True) -> torch.Tensor:
@@ -36,18 +40,37 @@ def multi_kernel_mmd(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float] =
     >>> round(multi_kernel_mmd(x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), sigmas=[1.0]).item(), 4)  # (1 - 1/e) / 2
     0.3161
     """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"multi_kernel_mmd needs batches of one size, got {x.shape[0]} and {y.shape[0]}")
-    x, y = x.flatten(1).float(), y.flatten(1).float()
+    return multi_kernel_mmds(x, [y], sigmas, normalize)[0]
+
+
+def multi_kernel_mmds(anchor: torch.Tensor, others: Sequence[torch.Tensor], sigmas: Sequence[float] = MMD_SIGMAS,
+                      normalize: bool = True) -> list[torch.Tensor]:
+    """:func:`multi_kernel_mmd` of ``anchor`` against each of ``others``, from one kernel matrix of all the rows
+    (one product for all the distances, one ``exp`` over the kernel blocks the MMDs use, for every width;
+    instead of three kernels per pair, the anchor's own recomputed for each).
+
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> [round(m.item(), 4) for m in multi_kernel_mmds(x, [x, torch.tensor([[1.0, 0.0], [1.0, 0.0]])], [1.0])]
+    [0.0, 0.3161]
+    """
+    size = anchor.shape[0]
+    if any(other.shape[0] != size for other in others):
+        raise ValueError(f"multi_kernel_mmd needs batches of one size, got {size} and "
+                         f"{[other.shape[0] for other in others]}")
+    rows = torch.cat([anchor.flatten(1).float()] + [other.flatten(1).float() for other in others])
     if normalize:
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
-
-    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        # |a|^2 + |b|^2 - 2ab, as the official code computes it; the clamp keeps the diagonal's rounding >= 0
-        distances = ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T).clamp(min=1e-12)
-        return sum(torch.exp(-distances / (2.0 * s * s)) for s in sigmas)
-
-    return (kernel(x, x).mean() + kernel(y, y).mean() - 2.0 * kernel(x, y).mean()).clamp(min=0.0)
+        rows = F.normalize(rows, dim=1)
+    # |a|^2 + |b|^2 - 2ab, as the official code computes it; the clamp keeps the diagonal's rounding >= 0
+    squares = (rows * rows).sum(1)
+    distances = (squares[:, None] + squares[None, :] - 2.0 * rows @ rows.T).clamp(min=1e-12)
+    block = lambda i, j: distances[i * size:(i + 1) * size, j * size:(j + 1) * size]
+    pairs = range(1, len(others) + 1)
+    needed = torch.stack([block(0, 0)] + [block(k, k) for k in pairs] + [block(0, k) for k in pairs])
+    scales = torch.tensor([-1.0 / (2.0 * s * s) for s in sigmas], device=rows.device)
+    exponents = (needed[None] * scales[:, None, None, None]).clamp(min=EXP_FLOOR)
+    means = torch.exp(exponents).sum(0).mean(dim=(1, 2))
+    within, across = means[1:len(others) + 1], means[len(others) + 1:]
+    return list((means[0] + within - 2.0 * across).clamp(min=0.0).unbind())
 
 
 class ResidualBlock(nn.Module):
@@ -83,13 +106,13 @@ class CommonFeatureBlock(nn.Module):
             nn.Sequential(Conv3x3(hidden, w), nn.ReLU(), adapter(w, w)) for w in teacher_widths
         )
 
-    def student_code(self, student_map: torch.Tensor) -> torch.Tensor:
-        """``H_s = E(align_s(F_s))``."""
-        return self.extractor(self.align_student(student_map))
-
-    def teacher_code(self, k: int, teacher_map: torch.Tensor) -> torch.Tensor:
-        """``H_k = E(align_k(F_k))``."""
-        return self.extractor(self.align_teachers[k](teacher_map))
+    def codes(self, student_map: torch.Tensor,
+              teacher_maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``H_s = E(align_s(F_s))`` and every ``H_k = E(align_k(F_k))``, the extractor run once on all of them
+        stacked along the batch (it has no batch norm, so each row's code is the one it has alone)."""
+        aligned = [self.align_student(student_map)] + [align(f) for align, f in zip(self.align_teachers, teacher_maps)]
+        h_s, *h_teachers = self.extractor(torch.cat(aligned)).split(student_map.shape[0])
+        return h_s, h_teachers
 
 
 @register_method
@@ -185,12 +208,12 @@ class CommonFeatureLearning(SoftTargets):
         mmd = reconstruction = step.student_logits.new_zeros(())
         for b, (stage, block) in enumerate(zip(self.layers.student, self.blocks)):
             student_map = as_map(step.student_features[stage])
-            h_s = block.student_code(student_map)
-            for k, out in enumerate(step.teacher_outputs):
-                f_k = common_map(out.features[self.layers.teacher[k][b]], student_map.shape[-2:])
-                h_k = block.teacher_code(k, f_k)
-                mmd = mmd + multi_kernel_mmd(h_s, h_k, self.sigmas)
-                reconstruction = reconstruction + feature_reconstruction(block.decoders[k](h_k), f_k)
+            f_teachers = [common_map(out.features[self.layers.teacher[k][b]], student_map.shape[-2:])
+                          for k, out in enumerate(step.teacher_outputs)]
+            h_s, h_teachers = block.codes(student_map, f_teachers)
+            mmd = mmd + sum(multi_kernel_mmds(h_s, h_teachers, self.sigmas))
+            for decoder, h_k, f_k in zip(block.decoders, h_teachers, f_teachers):
+                reconstruction = reconstruction + feature_reconstruction(decoder(h_k), f_k)
         return mmd, reconstruction
 
     def loss(self, step: StepInputs) -> dict[str, torch.Tensor]:
