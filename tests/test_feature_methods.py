@@ -145,7 +145,7 @@ def test_the_written_out_triplet_gradient_equals_autograd_through_the_plain_expr
         assert relative_dissimilarity_loss(student, votes, 3, vote=vote).item() == pytest.approx(plain.item())
 
 
-def test_the_triplet_loss_keeps_one_byte_per_triplet_for_its_backward():
+def test_the_triplet_loss_keeps_no_per_triplet_tensor_for_its_backward():
     batch = 48
     votes = triplet_votes([torch.randn(batch, 5), torch.randn(batch, 9), torch.randn(batch, 3)])
     student = torch.randn(batch, 7, requires_grad=True)
@@ -157,8 +157,8 @@ def test_the_triplet_loss_keeps_one_byte_per_triplet_for_its_backward():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         relative_dissimilarity_loss(student, votes, 3, vote="hard").backward()
-    # the hinge mask (B^3 bytes) and the distances' B x B and B x D matrices; a float hinge alone is 4 B^3
-    assert sum(saved) <= batch ** 3 + 16 * batch * batch * 4
+    # the B x B coefficients and the distances' own B x B and B x D matrices; a hinge mask alone is B^3 bytes
+    assert max(saved) <= batch * batch * 4 and sum(saved) <= 6 * batch * batch * 4 < batch ** 3
 
 
 def test_conflicting_teachers_tie_and_a_majority_wins():
