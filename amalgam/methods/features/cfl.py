@@ -25,6 +25,7 @@ MMD_SIGMAS = (0.001, 0.01, 0.05, 0.1, 0.2, 1.0, 2.0)  # CFL's official kernel wi
 # resolution of kernel means that hold exp(0)-sized terms.
 EXP_FLOOR = -87.0
 
+
 def multi_kernel_mmd(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float] = MMD_SIGMAS,
                      normalize: bool = True) -> torch.Tensor:
     """Squared multi-kernel Gaussian MMD between two batches of features (shared/METHODS.md §0.1; CFL, §2).
@@ -63,9 +64,9 @@ def multi_kernel_mmds(anchor: torch.Tensor, others: Sequence[torch.Tensor], sigm
     # |a|^2 + |b|^2 - 2ab, as the official code computes it; the clamp keeps the diagonal's rounding >= 0
     squares = (rows * rows).sum(1)
     distances = (squares[:, None] + squares[None, :] - 2.0 * rows @ rows.T).clamp(min=1e-12)
-    block = lambda i, j: distances[i * size:(i + 1) * size, j * size:(j + 1) * size]
+    blocks = distances.unflatten(0, (-1, size)).unflatten(2, (-1, size))  # [i, :, j, :]: batch i against j
     pairs = range(1, len(others) + 1)
-    needed = torch.stack([block(0, 0)] + [block(k, k) for k in pairs] + [block(0, k) for k in pairs])
+    needed = torch.stack([blocks[0, :, 0]] + [blocks[k, :, k] for k in pairs] + [blocks[0, :, k] for k in pairs])
     scales = torch.tensor([-1.0 / (2.0 * s * s) for s in sigmas], device=rows.device)
     exponents = (needed[None] * scales[:, None, None, None]).clamp(min=EXP_FLOOR)
     means = torch.exp(exponents).sum(0).mean(dim=(1, 2))
