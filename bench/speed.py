@@ -25,6 +25,7 @@ path is ``bench/gpu_check.py`` (run where a GPU is present; its rows are in ``gp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -422,13 +423,20 @@ def write_report(results: dict, out: Path = RESULTS) -> Path:
 SECTIONS = {"cache-build": "cache_build", "epochs": "epochs", "steps": "steps", "inference": "inference"}
 
 
+JPEG_SECTIONS = ("cache-build", "epochs")  # measured on the JPEG folder with the Lite0 teacher
+
+
+@functools.cache
+def lite0_teacher() -> Teacher:
+    """The ImageNet EfficientNet-Lite0 teacher, loaded once for every JPEG section of a run."""
+    return load_teacher(write_lite0_folder(Path(tempfile.mkdtemp()) / "lite0"))
+
+
 def run_section(section: str, args: argparse.Namespace) -> dict | list:
     """Measure one section of the report (a key of :data:`SECTIONS`) with the command line's settings."""
-    if section in ("cache-build", "epochs"):
-        folder = jpeg_folder(args.jpegs)
-        teacher = load_teacher(write_lite0_folder(Path(tempfile.mkdtemp()) / "lite0"))
+    if section in JPEG_SECTIONS:
         measure = cache_build if section == "cache-build" else epochs_on_jpegs
-        return measure(folder, teacher, 64, args.workers, args.jpeg_rounds)
+        return measure(jpeg_folder(args.jpegs), lite0_teacher(), 64, args.workers, args.jpeg_rounds)
     if section == "steps":
         return method_steps(args.setting, args.rounds, args.batch_size)
     return inference_times(args.setting, args.rounds, args.batch_size)
@@ -455,8 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for section in args.only:
             load = os.getloadavg()[0]  # before the section loads the machine itself
             results[SECTIONS[section]] = run_section(section, args)
-            jpegs = section in ("cache-build", "epochs")
-            rounds = f"--jpeg-rounds {args.jpeg_rounds}" if jpegs else f"--rounds {args.rounds}"
+            rounds = f"--jpeg-rounds {args.jpeg_rounds}" if section in JPEG_SECTIONS else f"--rounds {args.rounds}"
             results.setdefault("reruns", {})[section] = (
                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python -m bench.speed --setting "
                 f"{args.setting} --only {section} {rounds} (load average {load:.1f})")

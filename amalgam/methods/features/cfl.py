@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Needs, Setup, StepInputs
 from amalgam.methods.losses import feature_reconstruction
+from amalgam.methods.features.dissimilarity import squared_distances
 from amalgam.methods.features.layers import Conv3x3, LayerOptions, LayerPairs, adapter, as_map, common_map
 from amalgam.methods.registry import register_method
 from amalgam.methods.targets.soft_targets import SoftTargets
@@ -58,12 +58,9 @@ def multi_kernel_mmds(anchor: torch.Tensor, others: Sequence[torch.Tensor], sigm
     if any(other.shape[0] != size for other in others):
         raise ValueError(f"multi_kernel_mmd needs batches of one size, got {size} and "
                          f"{[other.shape[0] for other in others]}")
-    rows = torch.cat([anchor.flatten(1).float()] + [other.flatten(1).float() for other in others])
-    if normalize:
-        rows = F.normalize(rows, dim=1)
-    # |a|^2 + |b|^2 - 2ab, as the official code computes it; the clamp keeps the diagonal's rounding >= 0
-    squares = (rows * rows).sum(1)
-    distances = (squares[:, None] + squares[None, :] - 2.0 * rows @ rows.T).clamp(min=1e-12)
+    rows = torch.cat([anchor.flatten(1)] + [other.flatten(1) for other in others])
+    # |a|^2 + |b|^2 - 2ab, as the official code computes it, clamped at 1e-12 as there
+    distances = squared_distances(rows, normalize).clamp(min=1e-12)
     blocks = distances.unflatten(0, (-1, size)).unflatten(2, (-1, size))  # [i, :, j, :]: batch i against j
     pairs = range(1, len(others) + 1)
     needed = torch.stack([blocks[0, :, 0]] + [blocks[k, :, k] for k in pairs] + [blocks[0, :, k] for k in pairs])
