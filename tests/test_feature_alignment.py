@@ -24,6 +24,12 @@ def test_vit_tokens_become_a_grid_in_token_order():
     assert torch.equal(grid[0, :, 0, 1], tokens[0, 2])  # patch 1 (after the class token) sits at row 0, column 1
 
 
+def test_token_grids_are_contiguous_maps_like_the_students():
+    # a transposed view would be channels-last in memory: every conv, cat and loss beside NCHW maps slows down
+    assert as_map(torch.randn(4, 17, 8)).is_contiguous()
+    assert as_map(torch.randn(4, 6, 8)).is_contiguous()
+
+
 @pytest.fixture(scope="module")
 def setup(demo_zoo):
     return demo_setup(demo_zoo)[:3]

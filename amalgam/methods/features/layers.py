@@ -53,7 +53,9 @@ class LayerOptions(Options):
 
 def as_map(feature: torch.Tensor) -> torch.Tensor:
     """A feature as a ``B x C x H x W`` map: maps pass through; ViT tokens ``B x N x D`` become a ``D`` channel
-    grid (the class token dropped when ``N - 1`` is square); other token counts a ``D x N x 1`` map.
+    grid (the class token dropped when ``N - 1`` is square); other token counts a ``D x N x 1`` map. Token grids
+    are copied to a contiguous map: the transposed view is channels-last in memory, and every convolution,
+    concatenation and loss that meets it beside the student's (contiguous) maps runs several times slower.
 
     >>> as_map(torch.zeros(2, 17, 8)).shape, as_map(torch.zeros(2, 6, 8)).shape
     (torch.Size([2, 8, 4, 4]), torch.Size([2, 8, 6, 1]))
@@ -69,8 +71,8 @@ def as_map(feature: torch.Tensor) -> torch.Tensor:
         side = math.isqrt(count)
         if count > 0 and side * side == count:
             grid = feature[:, tokens - count:]
-            return grid.transpose(1, 2).reshape(feature.shape[0], feature.shape[2], side, side)
-    return feature.transpose(1, 2)[..., None]
+            return grid.transpose(1, 2).reshape(feature.shape[0], feature.shape[2], side, side).contiguous()
+    return feature.transpose(1, 2)[..., None].contiguous()
 
 
 def resize_map(feature: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
