@@ -2,6 +2,7 @@
 
     python -m bench.quality --setting digits-split            # about a minute
     python -m bench.quality --setting fmnist-split --seeds 3  # the main table
+    python -m bench.quality --setting fmnist-split --join run-a run-b  # rows run in several --out folders
 
 Rows: the student trained with all labels (the ceiling for this student and budget) and with only the 2%
 labels; every method in the registry (so a new method appears here by registering); and, from the teachers
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -283,6 +285,17 @@ def merge_rows(previous: dict, new: dict) -> dict:
     return {**previous, "rows": rows}
 
 
+def join_tables(name: str, folders: Sequence[Path], into: Path) -> dict:
+    """The table ``name`` (``quality-<setting>[-<epochs>ep].json``) of ``into`` (when it exists) with those of
+    ``folders`` merged in, in order: rows run by several processes or machines, each with its own ``--out``
+    (two processes writing one table with ``--merge`` would overwrite each other's rows)."""
+    missing = [str(folder) for folder in folders if not (folder / name).exists()]
+    if missing:
+        raise SystemExit(f"--join: no {name} in {', '.join(missing)} (the same --setting and --epochs as their runs?)")
+    paths = ([into / name] if (into / name).exists() else []) + [folder / name for folder in folders]
+    return functools.reduce(merge_rows, [json.loads(path.read_text()) for path in paths])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="digits-split")
@@ -302,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--references", action=argparse.BooleanOptionalAction,
                         help="run the supervised reference rows (default: yes, except with --merge without "
                              "--augment)")
+    parser.add_argument("--join", nargs="+", type=Path, metavar="FOLDER",
+                        help="train nothing: merge this setting's table (same --epochs) from each FOLDER, written "
+                             "by its own process with its own --out, into --out's table")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
@@ -310,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     epochs = args.epochs or SETTINGS[args.setting].budget.epochs
     previous = args.out / (report_name(args.setting, epochs) + ".json")
     before = json.loads(previous.read_text()) if args.merge and previous.exists() else None
+    if args.join:
+        path = write_report(join_tables(previous.name, args.join, args.out), args.out)
+        print(f"joined {len(args.join)} tables into {path}")
+        return
 
     def report(results: dict) -> Path:  # after every run: an interrupted benchmark keeps its finished rows
         return write_report(merge_rows(before, results) if before is not None else results, args.out)

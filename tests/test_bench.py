@@ -1,5 +1,6 @@
 """The quality benchmark's harness, wired right: on digits at tiny size, more labels must give a better student."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.quality import merge_rows, per_class_table, rows_for, run_setting, write_report  # noqa: E402
+from bench.quality import join_tables, merge_rows, per_class_table, rows_for, run_setting, write_report  # noqa: E402
 from bench.settings import SETTINGS  # noqa: E402
 
 
@@ -54,6 +55,25 @@ def test_merging_other_seeds_keeps_a_rows_earlier_runs_and_replaces_rerun_seeds(
     assert merge_rows(teacher(0.9), teacher(0.9, x=0.9))["rows"][0]["label"] == "a"
     with pytest.raises(SystemExit):
         merge_rows(teacher(0.9), teacher(0.8))
+
+
+def test_tables_run_in_separate_folders_join_into_one(tmp_path):
+    def table(folder: str, rows: dict[str, list[int]]) -> Path:
+        path = tmp_path / folder / "quality-s.json"
+        path.parent.mkdir()
+        runs = [{"label": label, "runs": [{"seed": seed} for seed in seeds]} for label, seeds in rows.items()]
+        path.write_text(json.dumps({"setting": "s", "budget": {"epochs": 3}, "rows": runs,
+                                    "teacher_metrics": {"oracle": {"accuracy": 0.9}}}))
+        return path.parent
+
+    into, a, b = table("into", {"x": [0]}), table("a", {"x": [1], "y": [0]}), table("b", {"y": [1, 2]})
+    joined = join_tables("quality-s.json", [a, b], into)
+    seeds = {row["label"]: [run["seed"] for run in row["runs"]] for row in joined["rows"]}
+    assert seeds == {"x": [0, 1], "y": [0, 1, 2]}
+    assert [row["label"] for row in join_tables("quality-s.json", [b], tmp_path / "new")["rows"]] == ["y"]
+    with pytest.raises(SystemExit, match="no quality-s.json in .*empty"):
+        (tmp_path / "empty").mkdir()
+        join_tables("quality-s.json", [a, tmp_path / "empty"], into)
 
 
 def test_trust_probe_scores_name_the_worst_classes_and_a_perfect_probe_routes_like_the_oracle():
