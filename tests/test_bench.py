@@ -120,3 +120,21 @@ def test_the_per_class_table_averages_each_rows_seeds_and_puts_the_hardest_class
     lines = per_class_table(results).splitlines()
     assert lines[0] == "| row | b | a | c |"  # mean over rows: b 0.2, a 0.75, c 0.8
     assert lines[2] == "| one | 0.300 | 0.900 | 0.600 |" and lines[3] == "| two | 0.000 | 0.600 | 1.000 |"
+
+
+def test_only_cached_methods_over_the_step_goal_are_timed_again_and_reported_beside_their_first_ratio():
+    from bench.speed import larger_student_report, over_goal
+
+    def row(name, signals, ratio):
+        return {"variant": name, "signals": signals, "median_ms": 10 * ratio, "ratio": ratio}
+
+    steps = [row("plain supervised step", "reference", 1.0), row("slow", "cached signals", 1.3),
+             row("fine", "cached signals", 1.15), row("live", "runs the teachers in its step (by design)", 3.0)]
+    assert over_goal(steps) == ["slow"]
+    larger = [{**row("plain supervised step", "reference", 1.0), "parameters": 4e6},
+              row("slow", "cached signals", 1.02)]
+    lines = larger_student_report({"steps": steps, "inference": {"student_parameters": 1e5},
+                                   "larger_student_steps": {"student": "big", "rows": larger}})
+    assert "(4.0 M parameters against 0.10 M)" in lines[0]
+    assert "| slow | 10.2 | 1.020 | 1.300 |" in lines
+    assert larger_student_report({"steps": steps}) == []
