@@ -16,7 +16,11 @@ that reads these teachers, however many labels it gets. Each row also gives the 
 three classes it gets most wrong. Zero-label probes decide per cluster instead of per image: k-means on the
 teachers' standardised features and outputs over the transfer set, each cluster's weights the softmax of the
 teachers' mean standardised confidence (confidence-trust's score) over its images; a test image takes its nearest
-cluster's weights. Writes ``bench/results/trust-choices-<setting>.md`` and ``.json``.
+cluster's weights. ``feature-probe``'s rows fit that method's linear class probe (on the teachers' pooled deepest
+features and probabilities) with 2% of the labels, with every label, and with none (``pseudo_labels=True``: the
+confident half of confidence-trust's target); a last zero-label probe scores confidence by feature density
+(Mahalanobis distance to each teacher's class means) instead of the top probability.
+Writes ``bench/results/trust-choices-<setting>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from amalgam.methods.base import Setup
 from amalgam.methods.features.layers import feature_vector
 from amalgam.methods.targets.confidence import confidence_scores
 from amalgam.methods.targets.trust import fit_membership, trust_weights
-from amalgam.teachers import LabelSpace, Teacher
+from amalgam.teachers import LabelSpace, Teacher, TeacherOutput
 from amalgam.teachers.placement import place_probabilities
 from bench.quality import RESULTS
 from bench.settings import LABELED_FRACTION, SETTINGS
@@ -170,6 +174,14 @@ def run(setting_name: str, seeds: Sequence[int], progress: bool = True) -> dict:
             "teachers": [t.name for t in teachers]}
 
 
+def visible_rows(transfer_labels: torch.Tensor, train_labels, every_label: bool, seed: int) -> torch.Tensor:
+    """The labeled rows a probe is fitted on: every train row, or the seed's stratified 2%; rows of classes no
+    teacher knows left out."""
+    visible = torch.arange(len(transfer_labels)) if every_label else \
+        torch.as_tensor(stratified_indices(train_labels, LABELED_FRACTION, seed))
+    return visible[transfer_labels[visible] >= 0]
+
+
 def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: RelabeledImages, test: RelabeledImages,
                train_logits: Sequence[torch.Tensor], test_logits: Sequence[torch.Tensor], test_labels: torch.Tensor,
                train_labels, label_map: Sequence[int], seeds: Sequence[int], progress: bool) -> list[dict]:
@@ -188,9 +200,7 @@ def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: Relabel
         runs = []
         for seed in seeds[:1] if every_label else seeds:
             started = time.perf_counter()
-            visible = torch.arange(len(transfer)) if every_label else \
-                torch.as_tensor(stratified_indices(train_labels, LABELED_FRACTION, seed))
-            visible = visible[transfer_labels[visible] >= 0]
+            visible = visible_rows(transfer_labels, train_labels, every_label, seed)
             probe = fit_probe(train_inputs[visible], membership[:, transfer_labels[visible]].T, seed)
             with torch.no_grad():
                 weights = trust_weights(probe(test_inputs), "sigmoid")
@@ -213,7 +223,99 @@ def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: Relabel
                                "seconds": time.perf_counter() - started}]})
         if progress:
             tqdm.write(f"{label:<64} {rows[-1]['runs'][0]['accuracy']:.4f}")
+    rows += class_probe_rows(teachers, space, train_logits, test_logits, train_features, test_features, test_labels,
+                             transfer_labels, train_labels, seeds, progress)
     return rows
+
+
+def pooled_outputs(logits: Sequence[torch.Tensor], features: Sequence[torch.Tensor], taps: Sequence[str],
+                   rows: torch.Tensor | None = None) -> list[TeacherOutput]:
+    """Teacher outputs whose tap holds the pooled feature as a 1 x 1 map, so that ``feature-probe`` reads the
+    inputs it reads in training (a map averaged over its positions)."""
+    rows = slice(None) if rows is None else rows
+    return [TeacherOutput(z[rows], {tap: f[rows][:, :, None, None]}) for z, f, tap in zip(logits, features, taps)]
+
+
+def class_probe_rows(teachers: Sequence[Teacher], space: LabelSpace, train_logits, test_logits, train_features,
+                     test_features, test_labels: torch.Tensor, transfer_labels: torch.Tensor, train_labels,
+                     seeds: Sequence[int], progress: bool) -> list[dict]:
+    """``feature-probe``'s target (2% labels, and every label: the ceiling of a linear probe on these teachers);
+    with no labels, the same probe fitted on pseudo-labels (``pseudo_labels=True``); and confidence-trust with a
+    feature-density score (Mahalanobis distance to the teacher's class means), a zero-label probe."""
+    taps = [t.tap_names()[-1] for t in teachers]
+    test_outputs = pooled_outputs(test_logits, test_features, taps)
+    rows = []
+
+    def row(label: str, method: str, uses_labels: bool, runs: list[dict], labels: str | None = None) -> None:
+        rows.append({"label": label, "method": method, "options": {},
+                     "uses_labels": uses_labels, "labels": labels, "runs": runs})
+        if progress:
+            tqdm.write(f"{label:<64} {statistics.fmean(r['accuracy'] for r in runs):.4f}")
+
+    for label, every_label in (("feature-probe's target", False), ("feature-probe's target, every label (ceiling)",
+                                                                   True)):
+        runs = []
+        for seed in seeds[:1] if every_label else seeds:
+            started = time.perf_counter()
+            visible = visible_rows(transfer_labels, train_labels, every_label, seed)
+            torch.manual_seed(seed)
+            method = create_method("feature-probe", space, teachers, {"teacher_taps": taps})
+            method.setup(Setup(LabeledSet(torch.empty(len(visible), 0), transfer_labels[visible],
+                                          pooled_outputs(train_logits, train_features, taps, visible), visible)))
+            with torch.no_grad():
+                predictions = method.probe_logits(test_outputs).argmax(-1)
+            runs.append({"seed": seed, **scores(predictions, test_labels, space.class_names),
+                         "seconds": time.perf_counter() - started})
+        row(label, "feature-probe", True, runs, "all" if every_label else None)
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    method = create_method("feature-probe", space, teachers, {"teacher_taps": taps, "pseudo_labels": True})
+    method.setup(Setup(transfer_logits=list(train_logits),
+                       transfer_rows=lambda rows: pooled_outputs(train_logits, train_features, taps, rows)))
+    with torch.no_grad():
+        predictions = method.probe_logits(test_outputs).argmax(-1)
+    row("feature-probe's target, pseudo_labels=True (confidence-trust's confident half)", "feature-probe", False,
+        [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
+
+    started = time.perf_counter()
+    fits = [mahalanobis_fit(f, z.softmax(-1)) for f, z in zip(train_features, train_logits)]
+    train_scores = torch.stack([mahalanobis_score(f, fit) for f, fit in zip(train_features, fits)], dim=-1)
+    test_scores = torch.stack([mahalanobis_score(f, fit) for f, fit in zip(test_features, fits)], dim=-1)
+    weights = ((test_scores - train_scores.mean(0)) / train_scores.std(0).clamp(min=1e-6)).softmax(dim=-1)
+    indices = [space.index_tensor(k) for k in range(len(teachers))]
+    predictions = place_probabilities([z.softmax(-1) for z in test_logits], indices, weights,
+                                      space.num_classes).argmax(-1)
+    row("probe: confidence-trust with a Mahalanobis score (class means of the teacher's surest 20%)",
+        "(bench probe)", False,
+        [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
+    return rows
+
+
+@torch.no_grad()
+def mahalanobis_fit(features: torch.Tensor, probs: torch.Tensor, share: float = 0.2,
+                    shrink: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means over the ``share`` of each predicted class the teacher is surest of, and the precision of
+    their tied covariance (shrunk towards its mean variance): Lee et al.'s detector (NeurIPS 2018), no labels."""
+    f, (confidence, hard) = features.double(), probs.max(dim=-1)
+    means, residuals = [], []
+    for c in range(probs.shape[1]):
+        rows = (hard == c).nonzero().squeeze(1)
+        rows = rows[confidence[rows].argsort(descending=True)[: max(1, int(share * len(rows)))]]
+        means.append(f[rows].mean(0) if len(rows) else f.mean(0))
+        residuals.append(f[rows] - means[-1])
+    r = torch.cat(residuals)
+    covariance = r.T @ r / len(r)
+    covariance += shrink * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
+    return torch.stack(means), torch.linalg.inv(covariance)
+
+
+@torch.no_grad()
+def mahalanobis_score(features: torch.Tensor, fit: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Minus the squared Mahalanobis distance to the nearest class mean (higher: more like the teacher's own)."""
+    means, precision = fit
+    diff = features.double()[:, None, :] - means[None]
+    return -torch.einsum("ncd,de,nce->nc", diff, precision, diff).amin(dim=-1).float()
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -138,3 +139,15 @@ def test_only_cached_methods_over_the_step_goal_are_timed_again_and_reported_bes
     assert "(4.0 M parameters against 0.10 M)" in lines[0]
     assert "| slow | 10.2 | 1.020 | 1.300 |" in lines
     assert larger_student_report({"steps": steps}) == []
+
+
+def test_mahalanobis_scores_favour_the_teachers_own_classes():
+    from bench.trust_choices import mahalanobis_fit, mahalanobis_score
+
+    # 1-D features: the teacher's two classes sit at -1 and +1; a far-away point scores lower than either mean
+    features = torch.tensor([[-1.1], [-0.9], [0.9], [1.1]])
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+    fit = mahalanobis_fit(features, probs, share=1.0, shrink=0.0)
+    assert fit[0].flatten().tolist() == pytest.approx([-1.0, 1.0])
+    scores = mahalanobis_score(torch.tensor([[-1.0], [1.0], [5.0]]), fit)
+    assert scores[:2].tolist() == pytest.approx([0.0, 0.0]) and scores[2] == pytest.approx(-16.0 / 0.01, rel=1e-4)

@@ -281,15 +281,20 @@ class KnowledgeCache:
         """Nothing to move: rows are sent to the batch's device as they are looked up."""
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> list[TeacherOutput]:
+        return self.rows(indices, images.device)
+
+    def rows(self, indices: torch.Tensor, device: torch.device | str = "cpu") -> list[TeacherOutput]:
+        """Each teacher's cached outputs (logits and taps) at rows ``indices``, on ``device``, without images:
+        what a method reads in setup over the whole transfer set."""
         rows = indices.cpu()
         outputs = []
         for logits, columns, meta in zip(self.logits, self._columns, self.meta):
             features = {
-                tap: torch.from_numpy(column.take(rows.numpy())).to(images.device).float()
+                tap: torch.from_numpy(column.take(rows.numpy())).to(device).float()
                 .reshape(len(rows), *meta["features"][tap]["shape"])
                 for tap, column in columns.items()
             }
-            outputs.append(TeacherOutput(logits=logits[rows].to(images.device), features=features))
+            outputs.append(TeacherOutput(logits=logits[rows].to(device), features=features))
         return outputs
 
 

@@ -175,7 +175,9 @@ class Setup:
     on the whole transfer set, labeled or not, when they were computed once (else ``None``); ``student``: the
     student; ``student_stages``: the stage indices of ``needs().student_stages``, resolved; ``student_features``
     and ``teacher_outputs``: the student's stage (and part) outputs and the teachers' outputs (with their taps) on
-    a probe batch of two transfer samples, when the method reads features (else empty).
+    a probe batch of two transfer samples, when the method reads features (else empty); ``transfer_rows``: reads
+    the teachers' cached outputs, with their taps, at rows of the transfer set (``rows(indices)``; ``None`` when
+    the teachers run live), for methods that fit on the whole transfer set's features.
     """
 
     labeled: LabeledSet | None = None
@@ -184,6 +186,7 @@ class Setup:
     student_stages: list[int] = field(default_factory=list)
     student_features: dict[int | str, torch.Tensor] = field(default_factory=dict)
     teacher_outputs: list[TeacherOutput] = field(default_factory=list)
+    transfer_rows: Callable[[torch.Tensor], list[TeacherOutput]] | None = None
 
 
 @dataclass

@@ -35,10 +35,11 @@ class CalibratedConfidence(WeightedTargets):
     confidences are not comparable. Calibration on the unlabeled transfer set makes them so: each teacher's score
     is standardised by its own mean and standard deviation over the transfer set, and the weights are
     ``softmax(standardised score / sharpness)`` over teachers. An amalgam method (no paper), for users with no
-    labels at all. How often its combined target is right on the test split (bench/trust_choices.py, 2026-12-02):
-    on the Fashion-MNIST split 0.770, against 0.733 for the least-entropy teacher and 0.677 for the plain mean; with
-    three overlapping teachers 0.772 (0.801 with ``score="energy"``, 0.797 with ``sharpness=0.25``, which
-    are worse on the split: 0.600 and 0.767), against 0.796 and 0.671.
+    labels at all. How often its combined target is right on the test split (bench/trust_choices.py, 2026-12-03):
+    on the Fashion-MNIST split 0.779, against 0.737 for the least-entropy teacher and 0.684 for the plain mean; with
+    three overlapping teachers 0.776 (0.800 with ``score="energy"``, 0.795 with ``sharpness=0.25``, which
+    are worse on the split: 0.632 and 0.776), against 0.797 and 0.669. ``feature-probe`` with
+    ``pseudo_labels=True`` fits a class probe on the teachers' features to this target's surer half.
 
     Args:
         score: ``"max-prob"`` (default: the more robust of the two on the Fashion-MNIST settings) or ``"energy"``.

@@ -125,14 +125,14 @@ class TeacherTrustLearner(WeightedTargets):
     - ``target="hard"`` is the code's argmax pseudo-label; the default ``"soft"`` distils ``q`` itself.
     - The code's trust model reads the input sequence (``trust_input="input"``: an LSTM for series, a small CNN
       for images). The default ``"outputs"`` reads the teachers' probabilities instead. With 2% labels, how often
-      the combined target is right on the test split (bench/trust_choices.py, 3 seeds, 2026-12-02): Fashion-MNIST
-      split 0.843 (outputs) vs 0.851 (CNN), three overlapping teachers 0.853 vs 0.822, and the outputs' model fits
+      the combined target is right on the test split (bench/trust_choices.py, 3 seeds, 2026-12-03): Fashion-MNIST
+      split 0.843 (outputs) vs 0.852 (CNN), three overlapping teachers 0.850 vs 0.820, and the outputs' model fits
       in seconds against a minute; on digits (29 labels, an earlier run) 0.814 vs 0.785. A trust model on the
-      teachers' features too gets 0.855 and 0.870, and with every train label 0.859 and 0.881 (the probe rows
-      there): not an option.
+      teachers' features too gets 0.851 and 0.871, and with every train label 0.870 and 0.880 (the probe rows
+      there): not an option; ``feature-probe``, a class probe on those inputs, is the method that came of it.
     - ``trust_norm``: the official ``softmax(sigmoid)`` keeps every weight within about [0.27, 0.73] for two
-      teachers; normalised sigmoids are sharper, better with three overlapping teachers (0.866 vs 0.853) and
-      equal on the split (0.845 vs 0.843), worse on digits (0.789 vs 0.814): the default stays the official one.
+      teachers; normalised sigmoids are sharper, better with three overlapping teachers (0.866 vs 0.850) and
+      equal on the split (0.842 vs 0.843), worse on digits (0.789 vs 0.814): the default stays the official one.
     - ``student_feedback`` (ours, off by default): see :class:`~amalgam.methods.targets.soft_targets.WeightedTargets`.
       With a trust model it did not help on Fashion-MNIST (0.845 vs 0.850 split, 0.853 vs 0.854 overlap).
     - ``consistency`` (ours, off by default): FixMatch's strong-view term, see
