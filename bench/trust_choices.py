@@ -13,13 +13,12 @@ Probe rows (not registered methods: measurements of a direction, issue 17) fit a
 what the teachers *see*: each teacher's deepest suggested tap averaged over its positions, beside its
 probabilities. With 2% of the labels, and with every label of the train split: the ceiling of any trust model
 that reads these teachers, however many labels it gets. Each row also gives the accuracy of its target on the
-three classes it gets most wrong. Zero-label probes decide per cluster instead of per image: k-means on the
-teachers' standardised features and outputs over the transfer set, each cluster's weights the softmax of the
-teachers' mean standardised confidence (confidence-trust's score) over its images; a test image takes its nearest
-cluster's weights. ``feature-probe``'s rows fit that method's linear class probe (on the teachers' pooled deepest
-features and probabilities) with 2% of the labels, with every label, and with none (``pseudo_labels=True``: the
-confident half of confidence-trust's target); a last zero-label probe scores confidence by feature density
-(Mahalanobis distance to each teacher's class means) instead of the top probability.
+three classes it gets most wrong. ``feature-probe``'s rows fit that method's linear class probe (on the teachers'
+pooled deepest features and probabilities) with 2% of the labels, with every label, and with none
+(``pseudo_labels=True``: the confident half of confidence-trust's target, or of cluster-trust's). Zero-label
+rows decide per cluster instead of per image: ``cluster-trust`` with one k-means count (10, 100) and with its
+default counts averaged. A last zero-label probe scores confidence by feature density (Mahalanobis distance to
+each teacher's class means) instead of the top probability.
 Writes ``bench/results/trust-choices-<setting>.md`` and ``.json``.
 """
 
@@ -185,8 +184,7 @@ def visible_rows(transfer_labels: torch.Tensor, train_labels, every_label: bool,
 def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: RelabeledImages, test: RelabeledImages,
                train_logits: Sequence[torch.Tensor], test_logits: Sequence[torch.Tensor], test_labels: torch.Tensor,
                train_labels, label_map: Sequence[int], seeds: Sequence[int], progress: bool) -> list[dict]:
-    """The :data:`PROBES`: trust models on the teachers' features and outputs, and the zero-label cluster
-    probes (see the module)."""
+    """The :data:`PROBES`: trust models on the teachers' features and outputs; then :func:`class_probe_rows`."""
     train_features = [pooled_features(t, transfer) for t in teachers]
     test_features = [pooled_features(t, test) for t in teachers]
     transfer_labels = union_labels(train_labels, label_map)
@@ -211,18 +209,6 @@ def probe_rows(teachers: Sequence[Teacher], space: LabelSpace, transfer: Relabel
                      "uses_labels": True, "labels": "all" if every_label else None, "runs": runs})
         if progress:
             tqdm.write(f"{label:<64} {statistics.fmean(r['accuracy'] for r in runs):.4f}")
-    train_inputs = probe_inputs(train_logits, train_features, "features+outputs")
-    test_inputs = probe_inputs(test_logits, test_features, "features+outputs")
-    for k in CLUSTER_COUNTS:
-        started = time.perf_counter()
-        weights = cluster_trust_weights(train_inputs, test_inputs, train_logits, k)
-        predictions = place_probabilities(test_probs, indices, weights, space.num_classes).argmax(-1)
-        label = f"probe: zero-label trust per cluster (k-means, k={k}) of teachers' features + outputs"
-        rows.append({"label": label, "method": "(bench probe)", "options": {"clusters": k}, "uses_labels": False,
-                     "runs": [{"seed": 0, **scores(predictions, test_labels, space.class_names),
-                               "seconds": time.perf_counter() - started}]})
-        if progress:
-            tqdm.write(f"{label:<64} {rows[-1]['runs'][0]['accuracy']:.4f}")
     rows += class_probe_rows(teachers, space, train_logits, test_logits, train_features, test_features, test_labels,
                              transfer_labels, train_labels, seeds, progress)
     return rows
@@ -240,10 +226,13 @@ def class_probe_rows(teachers: Sequence[Teacher], space: LabelSpace, train_logit
                      test_features, test_labels: torch.Tensor, transfer_labels: torch.Tensor, train_labels,
                      seeds: Sequence[int], progress: bool) -> list[dict]:
     """``feature-probe``'s target (2% labels, and every label: the ceiling of a linear probe on these teachers);
-    with no labels, the same probe fitted on pseudo-labels (``pseudo_labels=True``); and confidence-trust with a
-    feature-density score (Mahalanobis distance to the teacher's class means), a zero-label probe."""
+    with no labels, the same probe fitted on pseudo-labels (``pseudo_labels=True``); ``cluster-trust``'s target
+    (one cluster count, and its default counts); and confidence-trust with a feature-density score (Mahalanobis
+    distance to the teacher's class means), a zero-label probe."""
     taps = [t.tap_names()[-1] for t in teachers]
     test_outputs = pooled_outputs(test_logits, test_features, taps)
+    test_probs = [z.softmax(-1) for z in test_logits]
+    indices = [space.index_tensor(k) for k in range(len(teachers))]
     rows = []
 
     def row(label: str, method: str, uses_labels: bool, runs: list[dict], labels: str | None = None) -> None:
@@ -278,14 +267,37 @@ def class_probe_rows(teachers: Sequence[Teacher], space: LabelSpace, train_logit
     row("feature-probe's target, pseudo_labels=True (confidence-trust's confident half)", "feature-probe", False,
         [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
 
+    setup = Setup(transfer_logits=list(train_logits),
+                  transfer_rows=lambda rows: pooled_outputs(train_logits, train_features, taps, rows))
+    for clusters in [[k] for k in CLUSTER_COUNTS] + [None]:
+        started = time.perf_counter()
+        options = {"teacher_taps": taps} | ({"clusters": clusters} if clusters else {})
+        method = create_method("cluster-trust", space, teachers, options)
+        method.setup(setup)
+        predictions = place_probabilities(test_probs, indices, method.weights_of(test_outputs),
+                                          space.num_classes).argmax(-1)
+        label = (f"probe: zero-label trust per cluster (k-means, k={clusters[0]}) of teachers' features + outputs"
+                 if clusters else f"cluster-trust's target (k = {', '.join(map(str, method.counts))}, averaged)")
+        row(label, "(bench probe)" if clusters else "cluster-trust", False,
+            [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    method = create_method("feature-probe", space, teachers,
+                           {"teacher_taps": taps, "pseudo_labels": True, "pseudo_from": "cluster-trust"})
+    method.setup(setup)
+    with torch.no_grad():
+        predictions = method.probe_logits(test_outputs).argmax(-1)
+    row("feature-probe's target, pseudo_labels=True, pseudo_from='cluster-trust' (its confident half)",
+        "feature-probe", False,
+        [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
+
     started = time.perf_counter()
     fits = [mahalanobis_fit(f, z.softmax(-1)) for f, z in zip(train_features, train_logits)]
     train_scores = torch.stack([mahalanobis_score(f, fit) for f, fit in zip(train_features, fits)], dim=-1)
     test_scores = torch.stack([mahalanobis_score(f, fit) for f, fit in zip(test_features, fits)], dim=-1)
     weights = ((test_scores - train_scores.mean(0)) / train_scores.std(0).clamp(min=1e-6)).softmax(dim=-1)
-    indices = [space.index_tensor(k) for k in range(len(teachers))]
-    predictions = place_probabilities([z.softmax(-1) for z in test_logits], indices, weights,
-                                      space.num_classes).argmax(-1)
+    predictions = place_probabilities(test_probs, indices, weights, space.num_classes).argmax(-1)
     row("probe: confidence-trust with a Mahalanobis score (class means of the teacher's surest 20%)",
         "(bench probe)", False,
         [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
@@ -316,37 +328,6 @@ def mahalanobis_score(features: torch.Tensor, fit: tuple[torch.Tensor, torch.Ten
     means, precision = fit
     diff = features.double()[:, None, :] - means[None]
     return -torch.einsum("ncd,de,nce->nc", diff, precision, diff).amin(dim=-1).float()
-
-
-@torch.no_grad()
-def kmeans(points: torch.Tensor, k: int, seed: int, iterations: int = 25) -> torch.Tensor:
-    """``k`` centroids of ``points`` (Lloyd's algorithm from ``k`` random points; an empty cluster keeps its
-    centroid)."""
-    generator = torch.Generator().manual_seed(seed)
-    centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
-    for _ in range(iterations):
-        nearest = torch.cdist(points, centroids).argmin(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
-        counts = torch.bincount(nearest, minlength=k)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled, None]
-    return centroids
-
-
-@torch.no_grad()
-def cluster_trust_weights(train_inputs: torch.Tensor, test_inputs: torch.Tensor,
-                          train_logits: Sequence[torch.Tensor], k: int, seed: int = 0) -> torch.Tensor:
-    """Zero-label weights for the test images: the softmax of their nearest cluster's mean standardised
-    confidence per teacher (see the module)."""
-    mean, std = train_inputs.mean(dim=0), train_inputs.std(dim=0) + 1e-6
-    train, test = (train_inputs - mean) / std, (test_inputs - mean) / std
-    centroids = kmeans(train, k, seed)
-    confidence = confidence_scores(train_logits, "max-prob")
-    standard = (confidence - confidence.mean(dim=0)) / confidence.std(dim=0).clamp(min=1e-6)
-    nearest = torch.cdist(train, centroids).argmin(dim=1)
-    counts = torch.bincount(nearest, minlength=k).clamp(min=1)[:, None]
-    cluster_scores = torch.zeros(k, standard.shape[1]).index_add_(0, nearest, standard) / counts
-    return cluster_scores[torch.cdist(test, centroids).argmin(dim=1)].softmax(dim=-1)
 
 
 def hardest_classes(runs: Sequence[dict], count: int = 3) -> str:

@@ -96,22 +96,6 @@ def test_trust_probe_scores_name_the_worst_classes_and_a_perfect_probe_routes_li
     assert chosen.tolist() == [1, 0]
 
 
-def test_cluster_trust_gives_each_cluster_to_the_teacher_confident_on_it():
-    import torch
-
-    from bench.trust_choices import cluster_trust_weights, kmeans
-
-    points = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
-    assert sorted(kmeans(points, 2, seed=0).flatten().tolist()) == pytest.approx([0.05, 10.05])
-    # teacher 0 is sure on the cluster near 0 and unsure near 10; teacher 1 the other way round
-    sure, unsure = [4.0, 0.0], [0.0, 0.0]
-    logits = [torch.tensor([sure, sure, unsure, unsure]), torch.tensor([unsure, unsure, sure, sure])]
-    weights = cluster_trust_weights(points, torch.tensor([[0.2], [9.0]]), logits, k=2)
-    # standardised max-prob: +-0.866 per teacher, so each cluster gives softmax(0.866, -0.866) to its teacher
-    expected = torch.tensor([0.866, -0.866]).softmax(dim=0)
-    assert torch.allclose(weights, torch.stack([expected, expected.flip(0)]), atol=1e-3)
-
-
 def test_the_per_class_table_averages_each_rows_seeds_and_puts_the_hardest_class_first():
     def row(label, *runs):
         return {"label": label, "runs": [{"per_class": dict(zip("abc", accs))} for accs in runs]}

@@ -2,5 +2,5 @@
 ``layers``)."""
 
 from amalgam.methods.features import (  # noqa: F401  (importing registers the methods)
-    attention, autoencoder, cfl, dissimilarity, feed, knowledge_flow, probe, two_teacher,
+    attention, autoencoder, cfl, clusters, dissimilarity, feed, knowledge_flow, probe, two_teacher,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,24 +13,13 @@ from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, Needs, Options, Setup, StepInputs
-from amalgam.methods.features.layers import feature_vector
+from amalgam.methods.features.clusters import ClusterTrust
+from amalgam.methods.features.seen import deepest_taps, probe_inputs
 from amalgam.methods.losses import kd_loss, label_cross_entropy
 from amalgam.methods.registry import register_method
 from amalgam.methods.targets.confidence import CalibratedConfidence
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import TeacherOutput, Teacher
-
-
-def probe_inputs(outputs: Sequence[TeacherOutput], taps: Sequence[str]) -> torch.Tensor:
-    """``B x D``: each teacher's feature at its tap averaged over positions (ViT tokens as a grid, class token
-    out), then each teacher's probabilities, side by side.
-
-    >>> out = TeacherOutput(logits=torch.zeros(1, 2), features={"f": torch.ones(1, 3, 2, 2)})
-    >>> probe_inputs([out], ["f"])
-    tensor([[1.0000, 1.0000, 1.0000, 0.5000, 0.5000]])
-    """
-    features = [feature_vector(out.features[tap].float(), "mean") for out, tap in zip(outputs, taps)]
-    return torch.cat(features + [out.logits.float().softmax(dim=-1) for out in outputs], dim=1)
 
 
 def fit_class_probe(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 30,
@@ -134,6 +123,7 @@ class FeatureProbe(Method):
         probe_weight_decay: float = 1e-3
         teacher_taps: Sequence[str] | None = None
         pseudo_labels: bool = False
+        pseudo_from: Literal["confidence-trust", "cluster-trust"] = "confidence-trust"
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -146,23 +136,14 @@ class FeatureProbe(Method):
         o = self.options
         self.temperature, self.soft_weight, self.label_weight = float(o.temperature), float(o.soft_weight), \
             float(o.label_weight)
-        self.taps = list(o.teacher_taps) if o.teacher_taps is not None else [self._deepest_tap(t) for t in teachers]
-        if len(self.taps) != len(teachers):
-            raise MethodError(f"feature-probe: teacher_taps needs one tap per teacher ({len(teachers)}), got "
-                              f"{len(self.taps)}")
+        self.taps = deepest_taps("feature-probe", teachers, o.teacher_taps)
         self.pseudo_labels = bool(o.pseudo_labels)
-        self.pseudo_labeler = CalibratedConfidence(label_space, teachers) if self.pseudo_labels else None
+        labeler = ClusterTrust(label_space, teachers, teacher_taps=self.taps) if o.pseudo_from == "cluster-trust" \
+            else CalibratedConfidence(label_space, teachers)
+        self.pseudo_labeler = labeler if self.pseudo_labels else None
         self.probe: nn.Linear | None = None
         self.register_buffer("input_mean", torch.zeros(0))
         self.register_buffer("input_std", torch.ones(0))
-
-    @staticmethod
-    def _deepest_tap(teacher: Teacher) -> str:
-        taps = teacher.tap_names()
-        if not taps:
-            raise MethodError(f"feature-probe: teacher {teacher.name} suggests no feature taps; name one per "
-                              "teacher with teacher_taps")
-        return taps[-1]
 
     def needs(self) -> Needs:
         taps = tuple((tap,) for tap in self.taps)
@@ -195,10 +176,10 @@ class FeatureProbe(Method):
         if ctx.transfer_logits is None or ctx.transfer_rows is None:
             raise MethodError("feature-probe with pseudo_labels=True fits on the teachers' cached features over the "
                               "transfer set: run it with cache_teachers=True")
-        self.pseudo_labeler.setup(Setup(transfer_logits=ctx.transfer_logits))
+        self.pseudo_labeler.setup(Setup(transfer_logits=ctx.transfer_logits, transfer_rows=ctx.transfer_rows))
         rows = torch.arange(len(ctx.transfer_logits[0]))
         inputs = torch.cat([probe_inputs(ctx.transfer_rows(chunk), self.taps) for chunk in rows.split(4096)])
-        target = self.pseudo_labeler.target(ctx.transfer_logits, temperature=1.0)
+        target = self.pseudo_labeler.target(ctx.transfer_logits, temperature=1.0, rows=rows)
         keep = confident_half(target)
         return inputs[keep], target.argmax(dim=-1)[keep]
 
