@@ -135,3 +135,13 @@ def test_mahalanobis_scores_favour_the_teachers_own_classes():
     assert fit[0].flatten().tolist() == pytest.approx([-1.0, 1.0])
     scores = mahalanobis_score(torch.tensor([[-1.0], [1.0], [5.0]]), fit)
     assert scores[:2].tolist() == pytest.approx([0.0, 0.0]) and scores[2] == pytest.approx(-16.0 / 0.01, rel=1e-4)
+
+
+def test_probe_inputs_grid_pool_averages_each_quarter_of_a_map_and_of_a_token_grid():
+    import torch
+
+    from bench.probe_inputs import grid_pool
+
+    assert grid_pool(torch.arange(16.0).reshape(1, 1, 4, 4), 2).tolist() == [[2.5, 4.5, 10.5, 12.5]]
+    tokens = torch.cat([torch.full((1, 1, 1), 99.0), torch.arange(16.0).reshape(1, 16, 1)], dim=1)  # class token
+    assert grid_pool(tokens, 2).tolist() == [[2.5, 4.5, 10.5, 12.5]]
