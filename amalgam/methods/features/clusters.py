@@ -17,6 +17,9 @@ from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.teacher import Teacher, TeacherOutput
 
 
+CACHE_ON = "cache_teachers=True and the knowledge cache on (knowledge_cache=True, the default, or a folder)"
+
+
 @torch.no_grad()
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator | None = None,
            iterations: int = 25) -> torch.Tensor:
@@ -119,7 +122,7 @@ class ClusterTrust(CalibratedConfidence):
         """Calibrate the confidences, cluster the transfer set for each count, and give every row its weights."""
         if ctx.transfer_logits is None or ctx.transfer_rows is None:
             raise MethodError("cluster-trust clusters the teachers' cached features over the transfer set: run it "
-                              "with cache_teachers=True")
+                              f"with {CACHE_ON}")
         super().setup(ctx)
         rows = torch.arange(len(ctx.transfer_logits[0]))
         inputs = torch.cat([probe_inputs(ctx.transfer_rows(chunk), self.taps) for chunk in rows.split(4096)])
@@ -156,8 +159,8 @@ class ClusterTrust(CalibratedConfidence):
         return self._weights_of_points((inputs - self.input_mean) / self.input_std)
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
-        raise MethodError("cluster-trust looks its weights up by the rows of the cached teacher signals: run it "
-                          "with cache_teachers=True")
+        raise MethodError(f"cluster-trust looks its weights up by the rows of the cached teacher signals: run it with "
+                          f"{CACHE_ON}")
 
     def batch_teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None,
                               rows: torch.Tensor | None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from amalgam.errors import MethodError
 from amalgam.methods.base import Method, Needs, Options, Setup, StepInputs
-from amalgam.methods.features.clusters import ClusterTrust
+from amalgam.methods.features.clusters import CACHE_ON, ClusterTrust
 from amalgam.methods.features.seen import deepest_taps, probe_inputs
 from amalgam.methods.losses import kd_loss, label_cross_entropy
 from amalgam.methods.registry import register_method
@@ -180,7 +180,7 @@ class FeatureProbe(Method):
         pseudo-labeler's argmax (``pseudo_from``), kept where it is among the surer half of its class."""
         if ctx.transfer_logits is None or ctx.transfer_rows is None:
             raise MethodError("feature-probe with pseudo_labels=True fits on the teachers' cached features over the "
-                              "transfer set: run it with cache_teachers=True")
+                              f"transfer set: run it with {CACHE_ON}")
         self.pseudo_labeler.setup(Setup(transfer_logits=ctx.transfer_logits, transfer_rows=ctx.transfer_rows))
         rows = torch.arange(len(ctx.transfer_logits[0]))
         inputs = torch.cat([probe_inputs(ctx.transfer_rows(chunk), self.taps) for chunk in rows.split(4096)])
