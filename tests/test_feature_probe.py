@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -116,3 +118,77 @@ def test_a_run_without_labels_fits_the_probe_on_the_cached_features_of_the_whole
     predicted = method.probe_logits(run.signals.rows(torch.arange(len(transfer)))).argmax(dim=-1)
     labels = torch.tensor([transfer[i][1] for i in range(len(transfer))])
     assert (predicted == labels).float().mean() > 0.8
+
+
+
+class OneStage(torch.nn.Module):
+    """A student whose one stage (timm's ``feature_info``) is ``body``: its stage output is ``body(image)``."""
+
+    feature_info = [{"module": "body"}]
+
+    def __init__(self, body: torch.nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.body, self.head = body, torch.nn.Linear(2, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images).mean(dim=(2, 3)))
+
+
+def test_the_students_features_are_read_in_eval_mode_and_it_is_left_training():
+    from amalgam.methods.features.probe import student_vectors
+
+    norm = torch.nn.BatchNorm2d(2)
+    norm.running_mean.copy_(torch.tensor([1.0, 2.0]))
+    norm.running_var.copy_(torch.tensor([4.0, 1.0]))
+    student = OneStage(norm, 3).train()
+    images = torch.tensor([[3.0, 4.0], [1.0, 0.0]])[:, :, None, None]
+    vectors = student_vectors(student, torch.utils.data.TensorDataset(images, torch.zeros(2)))
+    # running statistics: (3 - 1) / 2 = 1, (4 - 2) / 1 = 2; (1 - 1) / 2 = 0, (0 - 2) / 1 = -2
+    assert torch.allclose(vectors, torch.tensor([[1.0, 2.0], [0.0, -2.0]]), atol=1e-4)
+    assert student.training and norm.running_mean.tolist() == [1.0, 2.0]
+
+
+def test_refit_on_student_makes_the_next_epochs_target_from_the_students_features_where_the_teachers_see_nothing():
+    """The teachers see and say the same for every image; the student's stage separates the classes. Until the
+    first epoch ends the target is the teachers' probe (one fixed guess); then the probe refitted on 30 labels
+    with the student's features gives every transfer image its class, looked up by index; after the last epoch
+    nothing is refitted."""
+    method = probe_method(refit_on_student=True)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(90) % 3
+    centres = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    images = (centres[labels] + torch.randn(90, 2, generator=generator))[:, :, None, None]
+    teachers = outputs(torch.zeros(90, 2), (torch.zeros(90, 2), torch.zeros(90, 1)))
+
+    def rows(index: torch.Tensor) -> list[TeacherOutput]:
+        return [TeacherOutput(o.logits[index], {"f": o.features["f"][index]}) for o in teachers]
+
+    train = torch.arange(30)
+    transfer = torch.utils.data.TensorDataset(images, labels)
+    method.setup(Setup(labeled=LabeledSet(images[train], labels[train], rows(train), train),
+                       transfer_rows=rows, transfer=transfer))
+    student = OneStage(torch.nn.Identity(), 3)
+    rest = torch.arange(30, 90)
+
+    def target(index: torch.Tensor) -> torch.Tensor:  # the loss is KD at temperature 1 to the target
+        step = StepInputs(torch.zeros(len(index), 3), rows(index), labels[index], indices=index)
+        kl = method(step)["soft"]
+        return kl, method.refit_target[index] if bool(method.refitted) else None
+
+    method.start_epoch(1, 2)
+    assert target(rest)[1] is None and method.probe_logits(rows(rest)).argmax(dim=-1).unique().numel() == 1
+    record = method.end_epoch(student)
+    assert record["refit_train_accuracy"] > 0.95 and bool(method.refitted)
+    assert (method.refit_target[rest].argmax(dim=-1) == labels[rest]).float().mean() > 0.95
+    # by hand: the loss reads the stored target of each sample's index, whatever the teachers say now
+    method.refit_target[5] = torch.tensor([0.5, 0.25, 0.25])
+    loss, _ = target(torch.tensor([5]))  # student uniform: KL = sum p log(p / (1/3))
+    assert loss.item() == pytest.approx(0.5 * math.log(1.5) + 0.5 * math.log(0.75), rel=1e-5)
+    method.start_epoch(2, 2)
+    assert method.end_epoch(student) == {}  # the last epoch: no refit, nothing reads it
+    assert method.refit_target[5].tolist() == [0.5, 0.25, 0.25]
+    with pytest.raises(MethodError, match="needs labels"):
+        probe_method(refit_on_student=True, pseudo_labels=True)
+    with pytest.raises(MethodError, match="cache_teachers=True"):
+        probe_method(refit_on_student=True).setup(Setup(labeled=LabeledSet(images[train], labels[train],
+                                                                           rows(train), train)))

@@ -131,7 +131,7 @@ def train(
     trainable = Trainable(model, method, stages, needs.student_parts)
     probed = probe(trainable, signals, transfer) if needs.taps_features else {}
     method.setup(Setup(labeled, list(transfer_logits) if transfer_logits is not None else None, model, stages,
-                       transfer_rows=getattr(signals, "rows", None), **probed))
+                       transfer_rows=getattr(signals, "rows", None), transfer=transfer, **probed))
     method_parameters = [p for p in method.parameters() if p.requires_grad]
     optimizer = adamw(parameter_groups(model, method_parameters, config), config, accelerator.device)
     loader = accelerator.prepare(loader)  # process i of n takes batches i, i + n, ...: len(loader) is its steps

@@ -177,7 +177,8 @@ class Setup:
     and ``teacher_outputs``: the student's stage (and part) outputs and the teachers' outputs (with their taps) on
     a probe batch of two transfer samples, when the method reads features (else empty); ``transfer_rows``: reads
     the teachers' cached outputs, with their taps, at rows of the transfer set (``rows(indices)``; ``None`` when
-    the teachers run live), for methods that fit on the whole transfer set's features.
+    the teachers run live), for methods that fit on the whole transfer set's features; ``transfer``: the transfer
+    set itself (``(input, union label)`` pairs), for methods that read the student on all of it between epochs.
     """
 
     labeled: LabeledSet | None = None
@@ -187,6 +188,7 @@ class Setup:
     student_features: dict[int | str, torch.Tensor] = field(default_factory=dict)
     teacher_outputs: list[TeacherOutput] = field(default_factory=list)
     transfer_rows: Callable[[torch.Tensor], list[TeacherOutput]] | None = None
+    transfer: Dataset | None = None
 
 
 @dataclass
