@@ -109,7 +109,7 @@ class AttentionTransfer(SoftTargets):
     def needs(self) -> Needs:
         return replace(self.layers.needs(), labels=self.use_scratch)
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         if self.use_scratch and ctx.labeled is None:
             raise MethodError("attention-transfer: the scratch teacher learns from labels only; give the run a "
                               "labeled fraction or set scratch_teacher=False")

@@ -116,7 +116,7 @@ class AutoencoderAmalgamation(SoftTargets):
     def needs(self) -> Needs:
         return self.layers.needs()
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Build one autoencoder per depth: teachers' widths in, the student's width as the code."""
         self.layers.student = list(ctx.student_stages)
         self.autoencoders = nn.ModuleList(

@@ -188,7 +188,7 @@ class CommonFeatureLearning(SoftTargets):
     def needs(self) -> Needs:
         return self.layers.needs()
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Build one CFL block per depth for the widths seen on the probe batch."""
         self.layers.student = list(ctx.student_stages)
         self.blocks = nn.ModuleList(

@@ -118,12 +118,12 @@ class ClusterTrust(CalibratedConfidence):
         return Needs(label_free=True, teacher_taps=tuple((tap,) for tap in self.taps))
 
     @torch.no_grad()
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Calibrate the confidences, cluster the transfer set for each count, and give every row its weights."""
         if ctx.transfer_logits is None or ctx.transfer_rows is None:
             raise MethodError("cluster-trust clusters the teachers' cached features over the transfer set: run it "
                               f"with {CACHE_ON}")
-        super().setup(ctx)
+        super().prepare(ctx)
         rows = torch.arange(len(ctx.transfer_logits[0]))
         inputs = torch.cat([probe_inputs(ctx.transfer_rows(chunk), self.taps) for chunk in rows.split(4096)])
         device = self.score_mean.device

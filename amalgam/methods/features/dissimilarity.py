@@ -194,7 +194,7 @@ class RelativeDissimilarity(SoftTargets):
     def needs(self) -> Needs:
         return self.layers.needs()
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         self.layers.student = list(ctx.student_stages)
 
     def start_epoch(self, epoch: int, epochs: int) -> None:

@@ -94,7 +94,7 @@ class FEED(SoftTargets):
     def needs(self) -> Needs:
         return self.layers.needs()
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Build one translator per depth and teacher for the widths seen on the probe batch."""
         self.layers.student = list(ctx.student_stages)
         self.translators = nn.ModuleList(

@@ -140,7 +140,7 @@ class KnowledgeFlow(SoftTargets):
     def needs(self) -> Needs:
         return self.layers.needs()
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """One ``Q_ij`` per layer and teacher, for the widths seen on the probe batch."""
         self.layers.student = list(ctx.student_stages)
         widths = []

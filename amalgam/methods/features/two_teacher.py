@@ -191,7 +191,7 @@ class TwoTeacher(WeightedTargets):
                      for k in range(self.num_teachers))
         return Needs(teacher_taps=taps, student_stages=self.layers.student_request())
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """One hint adapter (and discriminator) per depth, for the widths seen on the probe batch."""
         self.layers.student = list(ctx.student_stages)
         features = ctx.teacher_outputs[self.feature_teacher].features

@@ -78,7 +78,7 @@ class CalibratedConfidence(WeightedTargets):
     def needs(self) -> Needs:
         return Needs(label_free=True)
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Standardise each teacher's score over the whole transfer set (no labels used)."""
         transfer_logits = ctx.transfer_logits
         if transfer_logits is None:

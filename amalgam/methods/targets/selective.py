@@ -76,7 +76,7 @@ class SelectiveLearning(WeightedTargets):
     def needs(self) -> Needs:
         return self.layers.needs() if self.layers else Needs()
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Build the FAMs for the widths seen on the probe batch."""
         if self.layers is None:
             return

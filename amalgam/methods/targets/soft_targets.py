@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from amalgam.data.augment import strong_views
 from amalgam.errors import MethodError
-from amalgam.methods.base import Batch, Method, Options, StepInputs, StudentForward
+from amalgam.methods.base import Batch, Method, Options, Setup, StepInputs, StudentForward
 from amalgam.methods.losses import kd_loss, label_cross_entropy, pseudo_label_loss
 from amalgam.methods.registry import register_method
+from amalgam.methods.targets.prior import fit_prior_shift, resolve_prior, shift_probabilities
 from amalgam.teachers.label_space import LabelSpace
 from amalgam.teachers.placement import membership_from_predictions, place_logits, place_probabilities
 from amalgam.teachers.teacher import Teacher
@@ -45,6 +46,17 @@ class WeightedTargets(Method):
     ``consistency``; each epoch's record has ``consistency_kept``, the share of samples that learnt a class on
     their strong view. Deviations: FixMatch has no teachers (the prior is ours), uses RandAugment, and trains for
     about a thousand epochs.
+
+    ``class_prior`` (ours, ``None`` = off) moves the combined target's classes so that their shares over the
+    transfer set match a prior (:mod:`amalgam.methods.targets.prior`): ``"uniform"`` (the classes are about equally
+    common), ``"labels"`` (their shares among the labeled fraction) or a ``{class: share}`` table. Once, after
+    :meth:`prepare`, the target is computed on every cached transfer row (so the run must cache the teachers) and
+    one log-weight per class is fitted (:func:`~amalgam.methods.targets.prior.fit_prior_shift`, ``prior_sharpness``:
+    the share of images each class wins, not only its probability mass, is matched), at the method's temperature
+    (the target the student learns: a mixture of softened teachers is not the softened mixture, so the shift at 1
+    divided by the temperature would not balance it) and at 1 (the consistency term's and the pseudo-labels'
+    target). A teacher confidently wrong on classes it never saw over-fills its own classes; the prior takes the
+    surplus back. With a wrong prior it does harm: see the README's table of imbalanced transfer sets.
     """
 
     @dataclass
@@ -61,9 +73,12 @@ class WeightedTargets(Method):
         consistency: float = 0.0
         consistency_threshold: float = 0.95
         consistency_prior: Literal["target", "none"] = "target"
+        class_prior: Literal["uniform", "labels"] | dict[str, float] | None = None
+        prior_sharpness: float = 5.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            self.require(self.prior_sharpness > 0, f"prior_sharpness must be positive, got {self.prior_sharpness}")
             self.require(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
             self.require(self.consistency >= 0, f"consistency must be 0 (off) or positive, got {self.consistency}")
             self.require(0.0 < self.consistency_threshold <= 1.0,
@@ -86,6 +101,53 @@ class WeightedTargets(Method):
         self.consistency_prior = o.consistency_prior
         self.kept: list[torch.Tensor] = []  # each batch's share of samples the consistency term kept (on the device)
         self.register_buffer("membership", label_space.membership(), persistent=False)
+        self.class_prior = o.class_prior
+        if self.class_prior is not None and type(self).setup is not WeightedTargets.setup:
+            # a subclass's own setup() would skip fitting the prior, and the option would do nothing
+            raise MethodError(f"{self.name} overrides setup(), which skips class_prior: implement prepare() instead "
+                              "(WeightedTargets.setup runs it, then fits the prior)")
+        # the class prior's log-weights at the method's temperature and at 1 (empty: none), fitted in setup() from
+        # the cached signals, so not saved
+        self.register_buffer("prior_shift", torch.zeros(0), persistent=False)
+        self.register_buffer("plain_prior_shift", torch.zeros(0), persistent=False)
+
+    def setup(self, ctx: Setup) -> None:
+        """:meth:`prepare`, then, with a ``class_prior``, fit the target's shift towards it on the transfer set."""
+        self.prepare(ctx)
+        if self.class_prior is not None:
+            self.fit_class_prior(ctx)
+
+    def prepare(self, ctx: Setup) -> None:
+        """Fit or build what the teachers' weights and the method's other parts need (nothing by default)."""
+
+    @torch.no_grad()
+    def fit_class_prior(self, ctx: Setup) -> None:
+        """The combined target on every cached transfer row (evaluation mode), and the log-weights that bring its
+        class shares to the ``class_prior``: at the method's temperature (the target the student learns) and at
+        temperature 1 (the one its consistency term and pseudo-labels read)."""
+        if ctx.transfer_logits is None:
+            raise MethodError(f"{self.name}: class_prior fits the target's class shares on the teachers' outputs over "
+                              "the transfer set: run it with cache_teachers=True")
+        prior = resolve_prior(self.class_prior, self.label_space, ctx.labeled.labels if ctx.labeled else None)
+        was_training = self.training
+        self.eval()
+        device, rows = self.membership.device, torch.arange(len(ctx.transfer_logits[0]))
+        self.prior_shift = self.plain_prior_shift = torch.zeros(0, device=device)
+
+        def shift_at(tau: float) -> torch.Tensor:
+            target = torch.cat([self.target([z[chunk].to(device) for z in ctx.transfer_logits],
+                                            self.transfer_images(ctx, chunk), temperature=tau, rows=chunk).float()
+                                for chunk in rows.split(4096)])
+            return fit_prior_shift(target, prior.to(device), float(self.options.prior_sharpness))
+
+        at_method_temperature = shift_at(self.temperature)
+        self.plain_prior_shift = shift_at(1.0) if self.temperature != 1.0 else at_method_temperature
+        self.prior_shift = at_method_temperature
+        self.train(was_training)
+
+    def transfer_images(self, ctx: Setup, rows: torch.Tensor) -> torch.Tensor | None:
+        """The images of transfer ``rows``, for teacher weights that read them (none by default)."""
+        return None
 
     def teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None) -> torch.Tensor:
         """``K`` or ``B x K`` weights of the teachers for this batch (``images``: the raw batch)."""
@@ -109,8 +171,20 @@ class WeightedTargets(Method):
                temperature: float | None = None, student_logits: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
         """The combined target over the union classes (with the student's feedback when its logits are given;
-        ``rows``: a training batch's rows, see :meth:`batch_teacher_weights`)."""
+        ``rows``: a training batch's rows, see :meth:`batch_teacher_weights`), shifted towards the class prior
+        once it is fitted."""
         tau = self.temperature if temperature is None else temperature
+        combined = self.combine(teacher_logits, images, tau, student_logits, rows)
+        if not len(self.prior_shift):
+            return combined
+        if tau == self.temperature:
+            return shift_probabilities(combined, self.prior_shift)
+        # at any other temperature, the shift fitted at 1, softened with the logits (exact at 1 itself)
+        return shift_probabilities(combined, self.plain_prior_shift, tau)
+
+    def combine(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None, tau: float,
+                student_logits: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        """The teachers combined at temperature ``tau`` (see :meth:`target`), before any class prior."""
         probs = [(z / tau).softmax(dim=-1) for z in teacher_logits]
         weights = self.batch_teacher_weights(teacher_logits, images, rows) if rows is not None \
             else self.teacher_weights(teacher_logits, images)
@@ -225,10 +299,8 @@ class ConcatenatedLogits(WeightedTargets):
     paper = "Reference target of KamalEngine (Luo et al., IJCAI 2019; Shen et al., AAAI 2019)"
     summary = "One softmax over the teachers' concatenated logits (the naive amalgamation target)."
 
-    def target(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None = None,
-               temperature: float | None = None, student_logits: torch.Tensor | None = None,
-               rows: torch.Tensor | None = None) -> torch.Tensor:
-        tau = self.temperature if temperature is None else temperature
+    def combine(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None, tau: float,
+                student_logits: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
         logits = place_logits(list(teacher_logits), self.indices(), self.label_space.num_classes)
         return (logits / tau).softmax(dim=-1)
 

@@ -178,7 +178,7 @@ class TeacherTrustLearner(WeightedTargets):
     def needs(self) -> Needs:
         return Needs(labels=True)
 
-    def setup(self, ctx: Setup) -> None:
+    def prepare(self, ctx: Setup) -> None:
         """Fit the trust model on the labeled fraction, then freeze it."""
         labeled = ctx.labeled
         if labeled is None:
@@ -205,6 +205,13 @@ class TeacherTrustLearner(WeightedTargets):
         chunks = [trust_weights(self.trust(None, [z[rows].to(device) for z in transfer_logits]), self.trust_norm)
                   for rows in torch.arange(len(transfer_logits[0])).split(4096)]
         return torch.cat(chunks)
+
+    def transfer_images(self, ctx: Setup, rows: torch.Tensor) -> torch.Tensor | None:
+        """A trust model on the input reads the images (for a row of an augmented view, its plain image: the class
+        prior is fitted once, not per view)."""
+        if isinstance(self.trust, OutputTrust) or ctx.transfer is None:
+            return None
+        return torch.stack([ctx.transfer[int(row) % len(ctx.transfer)][0] for row in rows]).to(self.membership.device)
 
     def batch_teacher_weights(self, teacher_logits: Sequence[torch.Tensor], images: torch.Tensor | None,
                               rows: torch.Tensor | None) -> torch.Tensor:
