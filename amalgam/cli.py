@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from amalgam.errors import RecipeError
 from amalgam.publish.card import DEFAULT_LICENSE
@@ -115,6 +115,21 @@ def demo_recipe(name: str, progress: bool = True) -> Recipe:
     return recipe
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """A command-line JSON object (``--method-options``); anything else is argparse's error, exit status 2.
+
+    >>> json_object('{"class_prior": "uniform"}')
+    {'class_prior': 'uniform'}
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err.msg} at character {err.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"temperature\": 2}}', got {text!r}")
+    return value
+
+
 def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
     """The command line's options over the recipe's values, checked as the recipe's are."""
     try:  # replace() runs each section's checks again
@@ -125,6 +140,9 @@ def apply_flags(recipe: Recipe, args: argparse.Namespace) -> None:
         recipe.data = dataclasses.replace(recipe.data, **{k: v for k, v in data.items() if v is not None})
         if args.method is not None:
             recipe.method = dataclasses.replace(recipe.method, name=args.method)
+        if args.method_options is not None:  # over the recipe's, key by key
+            recipe.method = dataclasses.replace(recipe.method, options={**recipe.method.options,
+                                                                        **args.method_options})
         student = {"architecture": args.student, "pretrained": args.student_pretrained or None}
         recipe.student = dataclasses.replace(recipe.student, **{k: v for k, v in student.items() if v is not None})
         train = {"epochs": args.epochs, "mixed_precision": args.mixed_precision, "augment": args.augment,
@@ -236,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-unreadable", action="store_true", help="leave out image files that cannot be read "
                      "(counted in the metrics' skipped_images) instead of stopping")
     run.add_argument("--method", help="a registered method (`amalgam methods` lists them)")
+    run.add_argument("--method-options", type=json_object, metavar="JSON",
+                     help="the method's options as a JSON object, over the recipe's: "
+                          "'{\"class_prior\": \"uniform\"}' (`amalgam methods` lists each method's)")
     run.add_argument("--labeled-fraction", type=float, metavar="F", help="the share of labels the method may use")
     run.add_argument("--student", metavar="ARCH", help="the student: a timm architecture (from scratch), or a "
                      "pretrained timm body to start from: hf-hub:org/name[@rev] or a timm folder")

@@ -171,8 +171,8 @@ def test_runs_that_would_lose_accuracy_silently_warn():
 def test_cli_flags_make_a_recipe_optional(demo_zoo, tmp_path, capsys):
     out = tmp_path / "runs"
     argv = ["run", "--teacher", str(demo_zoo[0]), "--teacher", str(demo_zoo[1]), "--data", "digits", "--method",
-            "concat-logits", "--labeled-fraction", "0.05", "--student", "test_resnet", "--epochs", "1", "--out",
-            str(out), "--quiet"]
+            "concat-logits", "--method-options", '{"temperature": 2.0}', "--labeled-fraction", "0.05", "--student",
+            "test_resnet", "--epochs", "1", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     assert "Loading weights" not in capsys.readouterr().err  # --quiet quiets transformers' bars too
     (run_dir,) = out.iterdir()
@@ -180,6 +180,12 @@ def test_cli_flags_make_a_recipe_optional(demo_zoo, tmp_path, capsys):
     assert [t["source"] for t in run["teachers"]] == [str(f) for f in demo_zoo]
     assert (run["method"]["name"], run["data"]["labeled_fraction"], run["student"]["architecture"],
             run["train"]["epochs"]) == ("concat-logits", 0.05, "test_resnet", 1)
+    assert run["method"]["options"] == {"temperature": 2.0}
+    assert main(["run", "--method-options", '{"bogus": 1}', "--quiet"]) == 2
+    assert "has no option(s) ['bogus']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--method-options", "[1]"])
+    assert exit_.value.code == 2 and "--method-options: must be a JSON object" in capsys.readouterr().err
     assert main(["run", "--labeled-fraction", "2", "--quiet"]) == 2
     assert "command line: labeled_fraction must be within [0, 1], got 2.0" in capsys.readouterr().err
     assert main(["run", "--demo", "cifar", "--quiet"]) == 2
