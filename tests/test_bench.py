@@ -145,3 +145,15 @@ def test_probe_inputs_grid_pool_averages_each_quarter_of_a_map_and_of_a_token_gr
     assert grid_pool(torch.arange(16.0).reshape(1, 1, 4, 4), 2).tolist() == [[2.5, 4.5, 10.5, 12.5]]
     tokens = torch.cat([torch.full((1, 1, 1), 99.0), torch.arange(16.0).reshape(1, 16, 1)], dim=1)  # class token
     assert grid_pool(tokens, 2).tolist() == [[2.5, 4.5, 10.5, 12.5]]
+
+
+def test_imbalanced_rows_keep_every_class_at_its_rate_between_one_and_the_ratio():
+    from bench.class_prior import imbalanced_rows
+
+    labels = torch.arange(5).repeat_interleave(4000)
+    assert len(imbalanced_rows(labels, 1.0, seed=0)) == len(labels)
+    kept = torch.bincount(labels[imbalanced_rows(labels, 0.01, seed=0)], minlength=5).float() / 4000
+    # rates 1, 0.01^(1/4), 0.01^(2/4), 0.01^(3/4), 0.01 = 1, 0.316, 0.1, 0.0316, 0.01, in a seeded order
+    assert torch.allclose(kept.sort(descending=True).values, torch.tensor([1.0, 0.316, 0.1, 0.0316, 0.01]), atol=0.02)
+    assert torch.equal(imbalanced_rows(labels, 0.01, seed=0), imbalanced_rows(labels, 0.01, seed=0))
+    assert not torch.equal(kept, torch.bincount(labels[imbalanced_rows(labels, 0.01, seed=1)], minlength=5) / 4000)
