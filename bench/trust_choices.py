@@ -7,7 +7,8 @@ The teachers' logits on the transfer and test splits are computed once; then eac
 same 2% of labels for every labeled variant, one draw per seed) or calibrated (zero-label variants, on the
 unlabeled transfer set) and scored on the test split. Rows: trust-learner's trust models (on the teachers'
 outputs or on the input; official softmax-of-sigmoids or normalised sigmoids), confidence-trust's scores,
-and the label-free references (mean, least entropy, concatenated logits).
+each of the two with a class prior (``class_prior``: from the labels, uniform), and the label-free references
+(mean, least entropy, concatenated logits).
 
 Probe rows (not registered methods: measurements of a direction, issue 17) fit a trust model, here, on
 what the teachers *see*: each teacher's deepest suggested tap averaged over its positions, beside its
@@ -17,8 +18,9 @@ three classes it gets most wrong. ``feature-probe``'s rows fit that method's lin
 pooled deepest features and probabilities) with 2% of the labels, with every label, and with none
 (``pseudo_labels=True``: the confident half of confidence-trust's target, or of cluster-trust's). Zero-label
 rows decide per cluster instead of per image: ``cluster-trust`` with one k-means count (10, 100) and with its
-default counts averaged. A last zero-label probe scores confidence by feature density (Mahalanobis distance to
-each teacher's class means) instead of the top probability.
+default counts averaged, and with a uniform class prior (``class_prior="uniform"``: its target's class shares over
+the transfer set matched to it, at temperature 1). A last zero-label probe scores confidence by feature density
+(Mahalanobis distance to each teacher's class means) instead of the top probability.
 Writes ``bench/results/trust-choices-<setting>.md`` and ``.json``.
 """
 
@@ -44,6 +46,7 @@ from amalgam.methods import LabeledSet, create_method
 from amalgam.methods.base import Setup
 from amalgam.methods.features.layers import feature_vector
 from amalgam.methods.targets.confidence import confidence_scores
+from amalgam.methods.targets.prior import shift_probabilities
 from amalgam.methods.targets.trust import fit_membership, trust_weights
 from amalgam.teachers import LabelSpace, Teacher, TeacherOutput
 from amalgam.teachers.placement import place_probabilities
@@ -60,6 +63,8 @@ VARIANTS: list[tuple[str, str, dict[str, Any], bool]] = [
     ("confidence-trust, max-prob (default)", "confidence-trust", {}, False),
     ("confidence-trust, max-prob, sharpness 0.25", "confidence-trust", {"sharpness": 0.25}, False),
     ("confidence-trust, energy", "confidence-trust", {"score": "energy"}, False),
+    ("confidence-trust, max-prob, class_prior='uniform'", "confidence-trust", {"class_prior": "uniform"}, False),
+    ("trust model on teachers' outputs, class_prior='labels'", "trust-learner", {"class_prior": "labels"}, True),
     ("teachers' mean (soft-targets)", "soft-targets", {}, False),
     ("least-entropy teacher (selective-learning)", "selective-learning", {}, False),
     ("concatenated logits (concat-logits)", "concat-logits", {}, False),
@@ -269,15 +274,16 @@ def class_probe_rows(teachers: Sequence[Teacher], space: LabelSpace, train_logit
 
     setup = Setup(transfer_logits=list(train_logits),
                   transfer_rows=lambda rows: pooled_outputs(train_logits, train_features, taps, rows))
-    for clusters in [[k] for k in CLUSTER_COUNTS] + [None]:
+    for clusters, prior in [([k], None) for k in CLUSTER_COUNTS] + [(None, None), (None, "uniform")]:
         started = time.perf_counter()
-        options = {"teacher_taps": taps} | ({"clusters": clusters} if clusters else {})
+        options = {"teacher_taps": taps, "class_prior": prior} | ({"clusters": clusters} if clusters else {})
         method = create_method("cluster-trust", space, teachers, options)
         method.setup(setup)
-        predictions = place_probabilities(test_probs, indices, method.weights_of(test_outputs),
-                                          space.num_classes).argmax(-1)
+        target = place_probabilities(test_probs, indices, method.weights_of(test_outputs), space.num_classes)
+        predictions = (shift_probabilities(target, method.plain_prior_shift) if prior else target).argmax(-1)
         label = (f"probe: zero-label trust per cluster (k-means, k={clusters[0]}) of teachers' features + outputs"
-                 if clusters else f"cluster-trust's target (k = {', '.join(map(str, method.counts))}, averaged)")
+                 if clusters else f"cluster-trust's target (k = {', '.join(map(str, method.counts))}, averaged)"
+                 + (f", class_prior={prior!r}" if prior else ""))
         row(label, "(bench probe)" if clusters else "cluster-trust", False,
             [{"seed": 0, **scores(predictions, test_labels, space.class_names), "seconds": time.perf_counter() - started}])
 
