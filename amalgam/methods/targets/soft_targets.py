@@ -133,16 +133,16 @@ class WeightedTargets(Method):
         self.eval()
         device, rows = self.membership.device, torch.arange(len(ctx.transfer_logits[0]))
         self.prior_shift = self.plain_prior_shift = torch.zeros(0, device=device)
-
-        def shift_at(tau: float) -> torch.Tensor:
-            target = torch.cat([self.target([z[chunk].to(device) for z in ctx.transfer_logits],
-                                            self.transfer_images(ctx, chunk), temperature=tau, rows=chunk).float()
-                                for chunk in rows.split(4096)])
-            return fit_prior_shift(target, prior.to(device), float(self.options.prior_sharpness))
-
-        at_method_temperature = shift_at(self.temperature)
-        self.plain_prior_shift = shift_at(1.0) if self.temperature != 1.0 else at_method_temperature
-        self.prior_shift = at_method_temperature
+        temperatures = list(dict.fromkeys([self.temperature, 1.0]))
+        targets: dict[float, list[torch.Tensor]] = {tau: [] for tau in temperatures}
+        for chunk in rows.split(4096):  # each chunk's logits and images read once, for both temperatures
+            logits = [z[chunk].to(device) for z in ctx.transfer_logits]
+            images = self.transfer_images(ctx, chunk)
+            for tau in temperatures:
+                targets[tau].append(self.target(logits, images, temperature=tau, rows=chunk).float())
+        shifts = [fit_prior_shift(torch.cat(targets[tau]), prior.to(device), float(self.options.prior_sharpness))
+                  for tau in temperatures]
+        self.prior_shift, self.plain_prior_shift = shifts[0], shifts[-1]
         self.train(was_training)
 
     def transfer_images(self, ctx: Setup, rows: torch.Tensor) -> torch.Tensor | None:
